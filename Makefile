@@ -1,0 +1,57 @@
+# DeCo pipeline — developer entry points. `make run` and `make test` work on a fresh clone:
+# they create .venv if missing and install the project (torch CPU wheel first, then the rest).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH_PIN := torch==2.13.0
+export RAY_USAGE_STATS_ENABLED ?= 0
+export DS_ACCELERATOR ?= cpu
+export RAY_AUTH_MODE ?= disabled
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test test-all test-slow lint bench reproduce services-up services-down services-status clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch was replaced: {v}'"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the tiny workflow end to end
+	$(VENV)/bin/deco pipeline run --config conf/pipeline/tiny.yaml
+
+test: $(STAMP)  ## the CI suite (slow tests excluded)
+	$(VENV)/bin/pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow -q
+
+test-all: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check deco_core pipelines tests
+
+bench: $(STAMP)
+	$(PY) -m pipelines.bench
+
+reproduce: $(STAMP)
+	$(PY) -m pipelines.reproduce
+
+services-up: $(STAMP)
+	bash infra/local/up.sh
+
+services-down:
+	bash infra/local/down.sh
+
+services-status:
+	bash infra/local/status.sh
+
+clean:
+	rm -rf runs outputs .pytest_cache .ruff_cache mlruns mlruns.db
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

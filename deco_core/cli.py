@@ -1,0 +1,81 @@
+"""The ``deco`` command line: one Typer sub-app per area (model, data, train, eval, analyze, pipeline)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deco_core.logs import setup_logging
+
+app = typer.Typer(help="DeCo pipeline: data, training, evaluation and analysis on Ray + DeepSpeed + MLflow.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+model_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+console = Console()
+log = logging.getLogger(__name__)
+
+CONFIG_OPT = typer.Option("pipeline/tiny", "--config", "-c", help="Config file or ref under conf/.")
+OVERRIDES_ARG = typer.Argument(None, help="Overrides such as pretrain.lr=3e-4 or model.projector=qformer.")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(level=logging.DEBUG if verbose else None)
+
+
+def load_config(config: str | Path, overrides: Optional[list[str]]):
+    """Compose a config, turning config errors into a clean CLI error."""
+    from deco_core.config import ConfigError, compose
+
+    try:
+        return compose(config, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@model_app.command("summary")
+def model_summary(config: str = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Per-module parameter counts (trainable / frozen per stage) and the visual token count."""
+    from deco_core.model.deco import DecoModel
+
+    cfg = load_config(config, overrides)
+    model = DecoModel.from_config(cfg.model)
+    table = Table(title=f"DecoModel — projector '{cfg.model.projector.name}'")
+    for col in ("module", "parameters", "pretrain trainable", "finetune trainable"):
+        table.add_column(col, justify="right" if col != "module" else "left")
+    stages = {}
+    for stage in ("pretrain", "finetune"):
+        t = getattr(cfg, stage)
+        stages[stage] = model.freeze_for_stage(stage, t.train_vision, t.train_projector, t.train_llm)
+    for name in ("vision", "projector", "llm"):
+        total = stages["pretrain"][name][1]
+        table.add_row(name, f"{total:,}", f"{stages['pretrain'][name][0]:,}", f"{stages['finetune'][name][0]:,}")
+    console.print(table)
+    n = model.vision.num_patches
+    console.print(f"patches: {n} ({model.vision.grid_size}×{model.vision.grid_size}) -> visual tokens: "
+                  f"{model.num_image_tokens}")
+
+
+def register_subcommands() -> None:
+    """Attach the sub-apps that live in other modules (kept lazy so `deco --help` stays fast)."""
+    import importlib
+
+    for module, name in (("deco_core.cli_data", "data"), ("deco_core.cli_train", "train"),
+                         ("deco_core.cli_eval", "eval"), ("deco_core.cli_analyze", "analyze"),
+                         ("pipelines.cli", "pipeline")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+register_subcommands()

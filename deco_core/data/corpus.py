@@ -1,0 +1,50 @@
+"""Building the training corpus as shards: ShapesWorld captions (pretrain), instructions (finetune) and a
+held-out validation split, each a shard folder with its manifest under ``data.root``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from deco_core.config import DataConfig
+from deco_core.data.shapes import caption_samples, instruct_samples
+from deco_core.data.shards import write_shards
+from deco_core.data.storage import join_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusUris:
+    pretrain: str
+    finetune: str
+    val_pretrain: str
+    val_finetune: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def corpus_uris(root: str) -> CorpusUris:
+    return CorpusUris(join_uri(root, "pretrain"), join_uri(root, "finetune"), join_uri(root, "val_pretrain"),
+                      join_uri(root, "val_finetune"))
+
+
+def build_shapes_corpus(data: DataConfig, root: str | None = None, progress: bool = True) -> CorpusUris:
+    """Write the ShapesWorld training shards (deterministic in ``data.shapes.seed``)."""
+    root = root or data.root
+    uris = corpus_uris(root)
+    seed, shapes = data.shapes.seed, data.shapes
+    n_val = max(64, data.eval_samples // 4)
+    plan = [
+        (uris.pretrain, caption_samples(data.caption_samples, seed, "train", shapes), "shapes-caption", "train"),
+        (uris.finetune, instruct_samples(data.instruct_samples, seed, "train", shapes), "shapes-instruct", "train"),
+        (uris.val_pretrain, caption_samples(n_val, seed, "val", shapes), "shapes-caption", "val"),
+        (uris.val_finetune, instruct_samples(n_val, seed, "val", shapes), "shapes-instruct", "val"),
+    ]
+    for uri, samples, source, split in plan:
+        manifest = write_shards(samples, uri, source=source, split=split, samples_per_shard=data.samples_per_shard,
+                                storage=data.storage, progress=progress)
+        log.info("wrote %d %s/%s samples in %d shards to %s", manifest.total_samples, source, split,
+                 len(manifest.rows), uri)
+    return uris

@@ -1,0 +1,231 @@
+"""Filesystems for dataset and artifact URIs: local paths, file:// and s3:// (any S3-compatible endpoint).
+
+Credentials are never part of `StorageConfig`: s3fs/botocore and pyarrow read them from the environment
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN) or the usual AWS credential chain.
+`redact` strips secret values found in the environment from any text we log or raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Environment variables consulted, in order, when `StorageConfig.endpoint_url` is unset.
+ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+#: Name parts (split on "_") that mark an environment variable as holding a secret.
+_SECRET_NAME_PARTS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIALS"}
+_SECRET_NAME_SUFFIXES = ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY")
+#: Secrets shorter than this are not redacted (they would mangle ordinary text); real keys are long.
+_MIN_SECRET_LEN = 4
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed after retries; the message names the endpoint and URI, never a secret."""
+
+
+@dataclass
+class StorageConfig:
+    """Where and how to reach object storage (no credentials here: they come from the environment).
+
+    endpoint_url: S3 endpoint, e.g. "http://127.0.0.1:9000"; None -> env AWS_ENDPOINT_URL_S3 /
+        AWS_ENDPOINT_URL, else AWS's default endpoint.
+    region: S3 region; None -> env AWS_DEFAULT_REGION / AWS_REGION, else "us-east-1".
+    anon: anonymous (unsigned) access to public buckets.
+    retries, backoff_s: `with_retries` attempts and the first back-off (doubled each retry).
+    connect_timeout_s, read_timeout_s: botocore socket timeouts, kept small so an unreachable
+        endpoint fails in bounded time.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+    retries: int = 3
+    backoff_s: float = 0.5
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 30.0
+
+    def resolved_endpoint(self) -> str | None:
+        """The endpoint actually used: the configured one, else the first set environment variable."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        for name in ENDPOINT_ENV_VARS:
+            if os.environ.get(name):
+                return os.environ[name]
+        return None
+
+    def resolved_region(self) -> str:
+        """The region actually used (config, then environment, then us-east-1)."""
+        return self.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a non-file scheme (s3://...)."""
+    scheme = urlparse(uri).scheme
+    return bool(scheme) and scheme != "file" and len(scheme) > 1  # len>1: keep Windows drive letters local
+
+
+def _scheme(uri: str) -> str:
+    scheme = urlparse(uri).scheme
+    return scheme if is_remote(uri) else "file"
+
+
+def _local_path(uri: str) -> str:
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _s3_kwargs(cfg: StorageConfig) -> dict:
+    """s3fs constructor arguments: endpoint, region and small botocore timeouts/retries."""
+    client_kwargs: dict = {"region_name": cfg.resolved_region()}
+    endpoint = cfg.resolved_endpoint()
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    config_kwargs = {
+        "connect_timeout": cfg.connect_timeout_s,
+        "read_timeout": cfg.read_timeout_s,
+        "retries": {"max_attempts": 1, "mode": "standard"},  # `with_retries` does the back-off
+    }
+    return {"anon": cfg.anon, "client_kwargs": client_kwargs, "config_kwargs": config_kwargs}
+
+
+def get_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return (filesystem, path inside it) for a local path, file:// URI or s3://bucket/prefix URI."""
+    cfg = cfg or StorageConfig()
+    scheme = _scheme(uri)
+    if scheme == "file":
+        return fsspec.filesystem("file"), _local_path(uri)
+    if scheme in ("s3", "s3a"):
+        fs = fsspec.filesystem("s3", **_s3_kwargs(cfg))
+        fs.retries = 2  # s3fs's own retry loop; ours (`with_retries`) wraps it with back-off
+        path = uri.split("://", 1)[1].rstrip("/")
+        if not path or path.startswith("/"):
+            raise ValueError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
+        return fs, path
+    raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r}; expected a local path, file:// or s3://")
+
+
+def pyarrow_filesystem(uri: str, cfg: StorageConfig | None = None) -> pafs.FileSystem | None:
+    """A pyarrow filesystem for `ray.data.read_*(paths, filesystem=...)`; None for local paths.
+
+    For s3:// we use pyarrow's native S3FileSystem (C++, no GIL in Ray read tasks). Its pickle holds
+    no credentials: each Ray worker resolves them from its own environment (pass them through the
+    runtime env if the cluster's workers lack them). The retry strategy is not pickled either.
+    """
+    cfg = cfg or StorageConfig()
+    scheme = _scheme(uri)
+    if scheme == "file":
+        return None
+    if scheme not in ("s3", "s3a"):
+        raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r}; expected a local path, file:// or s3://")
+    kwargs: dict = {
+        "region": cfg.resolved_region(),
+        "anonymous": cfg.anon,
+        "connect_timeout": cfg.connect_timeout_s,
+        "request_timeout": cfg.read_timeout_s,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(cfg.retries, 1)),
+    }
+    endpoint = cfg.resolved_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        if not parsed.scheme or not parsed.netloc:
+            raise ValueError(f"S3 endpoint {endpoint!r} must look like http(s)://host[:port]")
+        kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        kwargs["scheme"] = parsed.scheme
+    return pafs.S3FileSystem(**kwargs)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with "/" (keeps the scheme; no doubled slashes)."""
+    clean = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not is_remote(base) and not base.startswith("file://"):
+        return os.path.join(base, *clean)
+    return "/".join([base.rstrip("/"), *clean])
+
+
+def _secret_values(extra: Iterable[str] = ()) -> list[str]:
+    values = list(extra)
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if set(upper.split("_")) & _SECRET_NAME_PARTS or upper.endswith(_SECRET_NAME_SUFFIXES):
+            values.append(value)
+    # Longest first, so a secret that contains another is replaced whole.
+    return sorted({v for v in values if v and len(v) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+
+
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace secret values from the environment (and `extra`) and URL passwords in `text` with ***."""
+    for value in _secret_values(extra):
+        text = text.replace(value, "***")
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def _connection_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "could not talk to the endpoint" (worth retrying)."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.timeout, socket.gaierror]
+    try:
+        from botocore import exceptions as bex
+
+        types += [bex.ConnectionError, bex.HTTPClientError]
+    except ImportError:  # pragma: no cover - botocore comes with s3fs
+        pass
+    try:
+        from fsspec.exceptions import FSTimeoutError
+
+        types.append(FSTimeoutError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def endpoint_name(uri: str, cfg: StorageConfig | None = None) -> str:
+    """Human-readable name of where `uri` lives, for error messages."""
+    cfg = cfg or StorageConfig()
+    if _scheme(uri) == "file":
+        return "local filesystem"
+    return cfg.resolved_endpoint() or f"default {_scheme(uri)} endpoint"
+
+
+def with_retries(fn: Callable[[], T], what: str, cfg: StorageConfig | None = None, *, uri: str = "") -> T:
+    """Call `fn()`, retrying connection errors with exponential back-off; then raise StorageError.
+
+    Other errors are not retried: a missing object/bucket or a denied access is re-raised at once with
+    the same type and a message naming `uri`; anything else propagates unchanged.
+    """
+    cfg = cfg or StorageConfig()
+    attempts = max(cfg.retries, 1)
+    retryable = _connection_error_types()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except retryable as exc:
+            where = endpoint_name(uri, cfg) if uri else (cfg.resolved_endpoint() or "default endpoint")
+            if attempt == attempts:
+                msg = (
+                    f"{what} failed: cannot reach storage endpoint {where} for {uri or '?'} after "
+                    f"{attempts} attempt(s): {type(exc).__name__}: {exc}"
+                )
+                raise StorageError(redact(msg)) from None
+            delay = cfg.backoff_s * 2 ** (attempt - 1)
+            log.warning(redact(f"{what}: {type(exc).__name__} talking to {where} (attempt {attempt}/{attempts}); "
+                               f"retrying in {delay:.1f}s"))
+            time.sleep(delay)
+        except (FileNotFoundError, PermissionError) as exc:
+            if not uri or uri in str(exc):
+                raise
+            raise type(exc)(redact(f"{what} {uri}: {exc}")) from exc
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,214 @@
+"""Batch inference for evaluation: left-padded greedy generation, in-process or on a Ray Data actor pool.
+
+`generate_local` runs one process over an iterable of raw shard records (tests, analysis); `run_generation`
+streams shards through `ray.data.read_webdataset` into `GenerationActor`s (each loads the model once) and writes
+one parquet row per question: question_id, task, key, shard, prompt, prediction, references (JSON), score, error.
+A record that cannot be decoded is not dropped: it gets an empty prediction, score 0 and its error reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from deco_core.config import EvalConfig
+from deco_core.data.conversation import SampleError, Segment, prompt_text, tokenize_segments
+from deco_core.data.preprocess import decode_record
+from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, pyarrow_filesystem
+from deco_core.data.transforms import ImageTransform
+from deco_core.eval.tasks import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = ("question_id", "task", "key", "shard", "prompt", "prediction", "references", "score", "error")
+
+
+@dataclass
+class Question:
+    """One decoded eval record, ready to batch."""
+
+    key: str
+    shard: str
+    question_id: str
+    prompt: str  # the user turn, with <image>
+    references: dict[str, Any]
+    pixels: np.ndarray | None  # [3, S, S] float32; None when the record failed to decode
+    error: str = ""
+
+
+def load_model(model_uri: str, storage: StorageConfig | None = None, device: str = "cpu"):
+    """DecoModel from a local directory, or from s3:// after copying it to a temporary directory.
+
+    On a CUDA device the model is cast to bf16 (LLaVA evaluates in half precision); on CPU it stays fp32.
+    """
+    from deco_core.model.deco import DecoModel
+
+    if not is_remote(model_uri):
+        model = DecoModel.from_pretrained(get_filesystem(model_uri, storage)[1])
+    else:
+        fs, path = get_filesystem(model_uri, storage)
+        with tempfile.TemporaryDirectory(prefix="deco-eval-model-") as tmp:
+            logger.info("downloading %s to %s", model_uri, tmp)
+            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+            model = DecoModel.from_pretrained(tmp)
+    if device.startswith("cuda"):
+        model = model.to(device=device, dtype=torch.bfloat16)
+    return model.eval()
+
+
+def decode_question(record: dict[str, Any], task: Task, transform: ImageTransform) -> Question:
+    """Raw shard record -> Question; a bad record becomes a Question with `error` set (never raises)."""
+    key = str(record.get("__key__", "?"))
+    shard = os.path.basename(str(record.get("__url__") or ""))
+    try:
+        key, meta, image = decode_record(record)
+        if image is None:
+            raise SampleError("missing_image", f"sample {key}: eval samples need an image")
+        qid = str(meta.get("question_id") or meta.get("id") or key)
+        return Question(key, shard, qid, task.build_prompt(meta), task.references(meta), transform(image))
+    except (SampleError, ValueError, KeyError, TypeError) as exc:
+        reason = exc.reason if isinstance(exc, SampleError) else type(exc).__name__
+        logger.warning("eval %s: sample %s cannot be used (%s): %s", task.name, key, reason, exc)
+        return Question(key, shard, key, "", {}, None, error=reason)
+
+
+def encode_prompts(model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """User turns -> LEFT-padded input_ids [B, T] and attention_mask [B, T] (0 on pads), vicuna_v1 template."""
+    tok = model.tokenizer
+    max_length = int(getattr(model.llm.config, "max_position_embeddings", 4096))
+    seqs = [tokenize_segments([Segment(prompt_text(p), learn=False)], tok, model.image_token_id,
+                              model.num_image_tokens, max_length, has_image=True).input_ids for p in prompts]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def decode_new_tokens(model, new_ids: torch.Tensor) -> list[str]:
+    """New token ids [B, N] -> stripped strings, cut at the first EOS."""
+    eos = model.tokenizer.eos_token_id
+    out = []
+    for row in new_ids.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        out.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+@torch.no_grad()
+def generate_answers(model, prompts: list[str], pixels: list[np.ndarray], max_new_tokens: int) -> list[str]:
+    """Greedy answers for one batch of (user turn, image [3, S, S]) pairs."""
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(model, prompts)
+    pixel_values = torch.as_tensor(np.stack(pixels)).to(device)  # [B, 3, S, S]
+    image_mask = torch.ones(len(prompts), dtype=torch.bool, device=device)  # [B]
+    ids, mask = ids.to(device), mask.to(device)
+    new_ids = model.generate(ids, mask, pixel_values, image_mask, max_new_tokens=max_new_tokens)
+    return decode_new_tokens(model, new_ids)
+
+
+def answer_questions(model, task: Task, questions: list[Question], max_new_tokens: int) -> list[dict[str, Any]]:
+    """Generate and score one batch of questions; failed records get an empty prediction and score 0."""
+    good = [q for q in questions if not q.error]
+    answers = generate_answers(model, [q.prompt for q in good], [q.pixels for q in good], max_new_tokens) \
+        if good else []
+    by_id = {id(q): a for q, a in zip(good, answers, strict=True)}
+    rows = []
+    for q in questions:
+        pred = by_id.get(id(q), "")
+        score = task.score_one(pred, q.references) if not q.error else 0.0
+        rows.append({"question_id": q.question_id, "task": task.name, "key": q.key, "shard": q.shard,
+                     "prompt": q.prompt, "prediction": pred, "references": json.dumps(q.references),
+                     "score": float(score), "error": q.error})
+    return rows
+
+
+def effective_max_new_tokens(task: Task, cfg_max: int | None) -> int:
+    """The task's budget, capped by the config's global `eval.max_new_tokens`."""
+    return min(task.max_new_tokens, cfg_max) if cfg_max else task.max_new_tokens
+
+
+def generate_local(model, records: Iterable[dict[str, Any]], task: Task | str, batch_size: int = 16,
+                   max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+    """Single-process batched generation over raw records (``shards.iter_samples`` output); returns rows."""
+    task = get_task(task) if isinstance(task, str) else task
+    transform = ImageTransform.from_vision_config(model.cfg.vision)
+    budget = effective_max_new_tokens(task, max_new_tokens)
+    rows: list[dict[str, Any]] = []
+    batch: list[Question] = []
+    for record in records:
+        batch.append(decode_question(record, task, transform))
+        if len(batch) == batch_size:
+            rows += answer_questions(model, task, batch, budget)
+            batch = []
+    if batch:
+        rows += answer_questions(model, task, batch, budget)
+    return rows
+
+
+class GenerationActor:
+    """Ray Data callable class: loads the model once, then turns batches of raw records into answer rows."""
+
+    def __init__(self, model_uri: str, task_name: str, max_new_tokens: int | None = None,
+                 storage: StorageConfig | None = None, num_threads: int = 1) -> None:
+        torch.set_num_threads(max(1, num_threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU only when the actor was given one
+        self.model = load_model(model_uri, storage, device)
+        self.task = get_task(task_name)
+        self.transform = ImageTransform.from_vision_config(self.model.cfg.vision)
+        self.max_new_tokens = effective_max_new_tokens(self.task, max_new_tokens)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["__key__"])
+        records = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+        questions = [decode_question(r, self.task, self.transform) for r in records]
+        rows = answer_questions(self.model, self.task, questions, self.max_new_tokens)
+        out = {c: np.array([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS if c != "score"}
+        out["score"] = np.array([r["score"] for r in rows], dtype=np.float64)
+        return out
+
+
+def run_generation(model_uri: str, task: str, data_uri: str, out_uri: str, cfg: EvalConfig,
+                   storage: StorageConfig | None = None, num_gpus: float = 0.0) -> str:
+    """Stream `data_uri` shards through a pool of `cfg.num_actors` GenerationActors into parquet at `out_uri`.
+
+    Resource plan: reads take 0.25 CPU each and every actor `cfg.cpus_per_actor` (fractional values are fine,
+    e.g. 1.0 per actor on a local Ray started with 4 logical CPUs); Ray streams blocks, so memory stays bounded
+    by a few batches per actor whatever the size of the set. `cfg.limit` caps the number of questions.
+    `num_gpus` > 0 gives each actor a GPU share (bf16 generation there). Existing output is overwritten.
+    """
+    from ray.data import SaveMode
+
+    from deco_core.data.ray_data import read_source
+
+    storage = storage or StorageConfig()
+    get_task(task)  # fail fast on a bad name, before starting any Ray work
+    counts: Counter = Counter()
+    ds, total = read_source(data_uri, storage, counts, num_cpus=0.25, shuffle=False)
+    if counts.get("truncated_shard"):
+        logger.warning("eval %s: %d questions in unreadable shards are left out", task, counts["truncated_shard"])
+    if cfg.limit:
+        ds, total = ds.limit(cfg.limit), min(total, cfg.limit)
+    ds = ds.map_batches(
+        GenerationActor,
+        fn_constructor_kwargs={"model_uri": model_uri, "task_name": task, "max_new_tokens": cfg.max_new_tokens,
+                               "storage": storage, "num_threads": max(1, int(cfg.cpus_per_actor))},
+        batch_size=cfg.batch_size, concurrency=cfg.num_actors, num_cpus=cfg.cpus_per_actor, num_gpus=num_gpus or None,
+    )
+    fs = pyarrow_filesystem(out_uri, storage)
+    target = get_filesystem(out_uri, storage)[1] if fs is None else out_uri.split("://", 1)[1]
+    logger.info("eval %s: generating %d answers from %s with %d actor(s)", task, total, data_uri, cfg.num_actors)
+    ds.write_parquet(target, filesystem=fs, mode=SaveMode.OVERWRITE)
+    return out_uri

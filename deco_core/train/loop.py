@@ -1,0 +1,244 @@
+"""``train_loop_per_worker``: runs inside each Ray Train worker.
+
+build model -> explicit freeze -> DeepSpeed engine -> resume from the latest Ray checkpoint -> epochs over the
+worker's Ray Data shard (micro-batches, accumulation, clipping inside DeepSpeed) -> periodic checkpoints from
+every rank through ``ray.train.report`` -> validation loss -> consolidated HF-format export (rank 0).
+Workers agree on batch availability every micro-step, so uneven shards can never hang a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from deco_core.config import Config, TrainConfig, from_dict
+from deco_core.data.ray_data import check_quality, collate
+from deco_core.logs import setup_logging
+from deco_core.model.deco import DecoModel
+from deco_core.tracking import Tracker, make_tracker
+from deco_core.train.checkpoint import consolidated_state_dict, export_model, load_init_model
+from deco_core.train.deepspeed import build_engine
+from deco_core.train.evaluation import mean_token_loss
+
+log = logging.getLogger(__name__)
+CKPT_TAG = "ckpt"
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+
+
+@dataclass
+class StepStats:
+    """Accumulates timing and token counts between two log lines."""
+
+    t0: float = 0.0
+    data_wait: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    loss_sum: float = 0.0
+    micro: int = 0
+
+    def reset(self) -> None:
+        self.t0, self.data_wait, self.samples, self.tokens, self.loss_sum, self.micro = time.perf_counter(), 0, 0, 0, 0, 0
+
+
+def build_stage_model(cfg: Config, stage: str, tokenizer: Any) -> DecoModel:
+    """Fresh model (pretrain) or the previous stage's export (``init_from``), then the logged freeze step."""
+    t: TrainConfig = getattr(cfg, stage)
+    model = load_init_model(t.init_from) if t.init_from else DecoModel.from_config(cfg.model, tokenizer)
+    model.freeze_for_stage(stage, t.train_vision, t.train_projector, t.train_llm)
+    if t.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def maybe_resume(engine) -> LoopState:
+    """Load the latest Ray Train checkpoint into the engine (model, optimizer, scheduler, step, epoch)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return LoopState()
+    with ckpt.as_directory() as path:
+        _, client = engine.load_checkpoint(path, tag=CKPT_TAG)
+    state = LoopState(int(client["step"]), int(client["epoch"]))
+    log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
+    return state
+
+
+def save_and_report(engine, state: LoopState, metrics: dict[str, float]) -> None:
+    """Every rank writes its DeepSpeed shard to a temp dir; Ray merges them into one checkpoint."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="deco-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": state.step, "epoch": state.epoch})
+        ray.train.report({**metrics, "step": state.step, "epoch": state.epoch},
+                         checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _all_have_batch(has: bool, device: torch.device) -> bool:
+    flag = torch.tensor([1 if has else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _mean_across_ranks(value: float, device: torch.device) -> float:
+    x = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(x)
+    return float(x.item()) / dist.get_world_size()
+
+
+def _maybe_inject_fault(t: TrainConfig, state: LoopState, rank: int, world: int, marker: str | None) -> None:
+    """Test hook: the last rank dies once (hard exit) when reaching ``fail_at_step``."""
+    if t.fail_at_step is None or state.step != t.fail_at_step or rank != world - 1 or not marker:
+        return
+    if Path(marker).exists():
+        return
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).write_text(f"fault injected at step {state.step}\n")
+    log.error("fault injection: rank %d exits at step %d", rank, state.step)
+    os._exit(1)
+
+
+def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard, tracker: Tracker,
+              ctx: dict[str, Any]) -> bool:
+    """One pass over the shard; returns False when no batch at all was available."""
+    device = engine.device
+    batches = iter(shard.iter_torch_batches(batch_size=t.micro_batch_size, collate_fn=collate, drop_last=True,
+                                            local_shuffle_buffer_size=ctx["shuffle_buffer"] or None,
+                                            local_shuffle_seed=t.seed + state.epoch, prefetch_batches=2))
+    stats: StepStats = ctx["stats"]
+    got_any = False
+    while state.step < total_steps:
+        _maybe_inject_fault(t, state, ctx["rank"], ctx["world"], ctx["fault_marker"])
+        tw = time.perf_counter()
+        batch = next(batches, None)
+        stats.data_wait += time.perf_counter() - tw
+        if not _all_have_batch(batch is not None, device):
+            break
+        got_any = True
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.step()
+        stats.micro += 1
+        stats.loss_sum += float(loss.detach())
+        stats.samples += int(batch["input_ids"].shape[0])
+        stats.tokens += int(batch["attention_mask"].sum())
+        if not boundary:
+            continue
+        state.step += 1
+        if state.step % t.log_every == 0 or state.step == total_steps:
+            log_step(engine, t, state, total_steps, tracker, ctx)
+        if state.step % t.checkpoint_every == 0 and state.step < total_steps:
+            save_and_report(engine, state, {"loss": ctx["last_loss"]})
+    return got_any
+
+
+def log_step(engine, t: TrainConfig, state: LoopState, total_steps: int, tracker: Tracker, ctx: dict) -> None:
+    """All ranks average the loss (a collective); rank 0 logs and tracks."""
+    stats: StepStats = ctx["stats"]
+    device = engine.device
+    loss = _mean_across_ranks(stats.loss_sum / max(1, stats.micro), device)
+    elapsed = max(time.perf_counter() - stats.t0, 1e-9)
+    steps = max(1, stats.micro // engine.gradient_accumulation_steps())
+    grad_norm = engine.get_global_grad_norm()
+    metrics = {
+        "train/loss": loss,
+        "train/lr": engine.get_lr()[0],
+        "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "train/samples_per_s": stats.samples * ctx["world"] / elapsed,
+        "train/tokens_per_s": stats.tokens * ctx["world"] / elapsed,
+        "train/data_wait_frac": stats.data_wait / elapsed,
+        "train/step_time_s": elapsed / steps,
+        "train/epoch": float(state.epoch),
+    }
+    if ctx["rank"] == 0 and ctx.get("counter") is not None:
+        import ray
+
+        metrics.update(check_quality(ray.get(ctx["counter"].snapshot.remote()), ctx["max_bad_fraction"]))
+    ctx["last_loss"] = loss
+    ctx["history"].append((state.step, loss))
+    eta = (total_steps - state.step) * metrics["train/step_time_s"]
+    log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
+             loss, metrics["train/lr"], metrics["train/samples_per_s"], 100 * metrics["train/data_wait_frac"],
+             int(eta))
+    tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=state.step)
+    stats.reset()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point given to TorchTrainer; ``config`` is built by ``deco_core.train.trainer``."""
+    import ray
+    import ray.train
+
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    setup_logging(rank)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    cfg = from_dict(config["cfg"])
+    stage = config["stage"]
+    t: TrainConfig = getattr(cfg, stage)
+    model = build_stage_model(cfg, stage, config["tokenizer"])
+    engine = build_engine(model, t, world, t.use_gpu, config["total_steps"])
+    state = maybe_resume(engine)
+    tracker = make_tracker(rank, config.get("tracking_uri"), config.get("run_id"), config.get("system_metrics", False))
+    if state.step == 0:
+        tracker.log_params(config["cfg"])
+    counter = None
+    if config.get("counter_name"):
+        try:
+            counter = ray.get_actor(f"deco-quality-{config['counter_name']}")
+        except ValueError:
+            log.warning("data-quality counter %s not found; bad-sample metrics disabled", config["counter_name"])
+    ctx = {"rank": rank, "world": world, "fault_marker": config.get("fault_marker"), "counter": counter,
+           "max_bad_fraction": cfg.data.max_bad_fraction, "shuffle_buffer": cfg.data.shuffle_buffer,
+           "stats": StepStats(), "last_loss": float("nan"), "history": []}
+    ctx["stats"].reset()
+    shard = ray.train.get_dataset_shard("train")
+    total = config["total_steps"]
+    max_epochs = None if t.max_steps else t.epochs
+    engine.train()
+    while state.step < total and (max_epochs is None or state.epoch < max_epochs):
+        if not run_epoch(engine, t, state, total, shard, tracker, ctx):
+            raise RuntimeError(f"stage {stage}: the training data yielded no batch of {t.micro_batch_size}")
+        state.epoch += 1
+    finish_stage(engine, model, state, tracker, config, ctx)
+
+
+def finish_stage(engine, model: DecoModel, state: LoopState, tracker: Tracker, config: dict, ctx: dict) -> None:
+    """Validation loss, consolidated export (rank 0), final checkpoint + report from every rank."""
+    import ray.train
+
+    metrics: dict[str, float] = {"loss": ctx["last_loss"]}
+    val = ray.train.get_dataset_shard("val") if config.get("has_val") else None
+    if val is not None:
+        engine.eval()
+        batches = (
+            {k: v.to(engine.device) for k, v in b.items()}
+            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=collate)
+        )
+        metrics["val_loss"] = mean_token_loss(engine, batches)
+        log.info("validation loss %.4f", metrics["val_loss"])
+        tracker.log_metrics({"val/loss": metrics["val_loss"]}, step=state.step)
+    state_dict = consolidated_state_dict(engine, model, ctx["rank"])
+    if ctx["rank"] == 0:
+        export_model(model, state_dict, config["output_uri"], config.get("storage"))
+        tracker.set_tags({"deco.output_uri": config["output_uri"]})
+        tracker.log_metrics({"train/final_loss": metrics["loss"]}, step=state.step)
+    save_and_report(engine, state, metrics)
+    tracker.finish(status=None)

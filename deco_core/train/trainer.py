@@ -1,0 +1,142 @@
+"""Driver side of a training stage: Ray Data datasets, the TorchTrainer (scaling, checkpoint and failure
+configs), the stable MLflow run, and the stage result (steps, losses, throughput, output URI)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deco_core.config import Config, TrainConfig, to_dict
+from deco_core.data.ray_data import PreprocessSpec, build_dataset, check_quality, get_quality_counter
+from deco_core.data.transforms import ImageTransform
+from deco_core.model.projectors import build_projector
+from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
+from deco_core.tracking import get_or_create_run, resolve_tracking_uri
+from deco_core.train.loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    output_uri: str
+    run_id: str | None
+    steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    wall_s: float = 0.0
+    data: dict[str, float] = field(default_factory=dict)
+
+
+def stage_tokenizer(cfg: Config, t: TrainConfig):
+    """The tokenizer the stage trains with: the init model's when continuing, else the configured one."""
+    if t.init_from:
+        from transformers import AutoTokenizer
+
+        from deco_core.train.checkpoint import load_init_model
+
+        if os.path.isdir(os.path.join(t.init_from, "tokenizer")):
+            return ensure_special_tokens(AutoTokenizer.from_pretrained(os.path.join(t.init_from, "tokenizer")))
+        return load_init_model(t.init_from).tokenizer
+    return load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)
+
+
+def num_visual_tokens(cfg: Config) -> int:
+    """M for the configured projector (asks the projector; never assumes the patch count)."""
+    v = cfg.model.vision
+    n = (v.image_size // v.patch_size) ** 2
+    return build_projector(cfg.model.projector, 8, 8, n).num_output_tokens(n)
+
+
+def preprocess_spec(cfg: Config, template: str, tokenizer) -> PreprocessSpec:
+    assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) is not None
+    return PreprocessSpec(tokenizer=tokenizer, template=template, num_image_tokens=num_visual_tokens(cfg),
+                          max_length=cfg.model.tokenizer.max_length,
+                          transform=ImageTransform.from_vision_config(cfg.model.vision),
+                          image_token_id=image_token_id(tokenizer))
+
+
+def plan_steps(t: TrainConfig, num_samples: int) -> int:
+    """Optimizer steps of the stage: max_steps when set, else epochs × (samples // global batch)."""
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = num_samples // t.global_batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{num_samples} samples cannot fill one global batch of {t.global_batch_size}")
+    return t.epochs * per_epoch
+
+
+def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], output_uri: str, run_name: str,
+              storage_path: str, val_uri: str | None = None, parent_run_id: str | None = None,
+              tracking: bool = True) -> StageResult:
+    """Train one stage on a Ray cluster (``ray.init`` must have been called) and export the model."""
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t: TrainConfig = getattr(cfg, stage)
+    started = time.perf_counter()
+    tokenizer = stage_tokenizer(cfg, t)
+    spec = preprocess_spec(cfg, t.template, tokenizer)
+    counter = get_quality_counter(run_name)  # the driver holds the handle: the actor lives as long as the stage
+    storage = cfg.data.storage
+    train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
+                                      cfg.data.preprocess_cpus, t.samples_per_epoch)
+    datasets = {"train": train_ds}
+    if val_uri:
+        datasets["val"], _ = build_dataset([(val_uri, 1.0)], spec, storage, None, cfg.data.preprocess_batch_size,
+                                           cfg.data.preprocess_cpus, shuffle=False, concurrency=(1, 1))
+    total_steps = plan_steps(t, n_train)
+    tracking_uri = run_id = None
+    if tracking:
+        tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
+        run_id = get_or_create_run(tracking_uri, cfg.tracking.experiment, run_name, cfg.pipeline.root,
+                                   parent_run_id, tags={"deco.stage": stage})
+    storage_path = _abs_storage(storage_path)
+    loop_config = {
+        "cfg": to_dict(cfg), "stage": stage, "tokenizer": tokenizer, "total_steps": total_steps,
+        "output_uri": _abs_storage(output_uri), "tracking_uri": tracking_uri, "run_id": run_id,
+        "system_metrics": cfg.tracking.system_metrics, "counter_name": run_name, "storage": storage,
+        "has_val": bool(val_uri), "val_batch_size": t.micro_batch_size,
+        "fault_marker": os.path.join(storage_path, run_name, ".fault_injected")
+        if t.fail_at_step is not None and "://" not in storage_path else None,
+    }
+    log.info("stage %s: %d samples, %d optimizer steps of %d (micro %d × accum %d × %d workers), ZeRO config %s",
+             stage, n_train, total_steps, t.global_batch_size, t.micro_batch_size, t.grad_accum_steps(),
+             t.num_workers, t.deepspeed)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=RunConfig(name=run_name, storage_path=storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if getattr(result, "error", None):
+        raise result.error
+    counts = ray.get(counter.snapshot.remote())
+    data_metrics = check_quality(counts, cfg.data.max_bad_fraction)
+    metrics = dict(result.metrics or {})
+    if tracking and run_id:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        for k, v in data_metrics.items():
+            client.log_metric(run_id, k, v, step=int(metrics.get("step", 0)))
+        client.set_terminated(run_id, "FINISHED")
+    return StageResult(stage, loop_config["output_uri"], run_id, int(metrics.get("step", total_steps)), metrics,
+                       result.checkpoint.path if result.checkpoint else None, time.perf_counter() - started,
+                       data_metrics)
+
+
+def _abs_storage(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).resolve())

@@ -1,0 +1,31 @@
+"""Shared fixtures: service plugins (S3, MLflow server), a tiny tokenizer and tiny configs, one Ray instance."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.mlflow_server", "tests.fixtures.ray_cluster"]
+
+
+@pytest.fixture(scope="session")
+def shapes_tokenizer():
+    """The offline ShapesWorld tokenizer (built once per session)."""
+    from deco_core.model.tokenizer import build_shapes_tokenizer
+
+    return build_shapes_tokenizer(seed=0, n_samples=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """The default tiny config, composed from conf/pipeline/tiny.yaml."""
+    from deco_core.config import compose
+
+    return compose("pipeline/tiny")

@@ -1,0 +1,330 @@
+"""Specification tests for DecoModel (deco_core/model/deco.py) and the offline ShapesWorld tokenizer.
+
+Covers parity with transformers' LLaVA on copied weights, image-token accounting, text-only rows, save/load,
+the per-stage freeze, left-padded generation and tokenizer round trips. Everything runs on the tiny config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from deco_core.config import compose
+from deco_core.model.deco import CONFIG_FILE, WEIGHTS_FILE, DecoModel
+from deco_core.model.projectors import ProjectorConfig, build_projector
+
+TEXT = " a small red square on the right."
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _text_ids(tokenizer, text: str = TEXT) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _image_row(model: DecoModel, n_image_tokens: int | None = None, text: str = TEXT) -> list[int]:
+    """[bos, <image> × M, text...] as a list of ids."""
+    n = model.num_image_tokens if n_image_tokens is None else n_image_tokens
+    tok = model.tokenizer
+    return [tok.bos_token_id] + [model.image_token_id] * n + _text_ids(tok, text)
+
+
+def _pixels(model: DecoModel, n: int, seed: int = 0) -> torch.Tensor:
+    size = model.vision.image_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # [n, 3, H, W]
+
+
+@pytest.fixture(scope="module")
+def deco_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
+    """The tiny DeCo model (deco projector, M=16 from 144 patches), random init, eval mode."""
+    return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).eval()
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def _llava_key(key: str) -> str:
+    """Map one of our state-dict keys onto LlavaForConditionalGeneration's key name."""
+    # fmt: off
+    table = [
+        ("vision.model.",    "model.vision_tower."),
+        ("projector.mlp.0.", "model.multi_modal_projector.linear_1."),
+        ("projector.mlp.2.", "model.multi_modal_projector.linear_2."),
+        ("llm.model.",       "model.language_model."),
+        ("llm.lm_head.",     "lm_head."),
+    ]
+    # fmt: on
+    for ours, theirs in table:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    raise AssertionError(f"no LLaVA key for {key}")
+
+
+def test_parity_with_transformers_llava(shapes_tokenizer):
+    """With projector `mlp` and copied weights, our logits equal LlavaForConditionalGeneration's (atol 1e-5)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = compose("pipeline/tiny", ["model.projector=mlp"])
+    ours = DecoModel.from_config(cfg.model, shapes_tokenizer).eval()
+    n_patches = ours.vision.num_patches
+    assert ours.num_image_tokens == n_patches == 144
+    llava_cfg = LlavaConfig(
+        vision_config=ours.vision.model.config.to_dict(), text_config=ours.llm.config.to_dict(),
+        image_token_id=ours.image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu", image_seq_length=n_patches, multimodal_projector_bias=True,
+    )
+    llava = LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation="sdpa").eval()
+    assert ours.vision.model.config._attn_implementation == ours.llm.config._attn_implementation == "sdpa"
+
+    ours_sd = ours.state_dict()
+    mapped = {_llava_key(k): v for k, v in ours_sd.items()}
+    assert set(mapped) == set(llava.state_dict()), "key mapping must cover both models exactly"
+    llava.load_state_dict(mapped, strict=True)
+
+    row_a, row_b = _image_row(ours), _image_row(ours, text=" two large blue circles at the top left and right.")
+    ids = torch.tensor([row_a, row_b[:len(row_a)]])  # [2, T]
+    mask = torch.ones_like(ids)
+    pixels = _pixels(ours, 2)
+    with torch.no_grad():
+        got = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits  # [2, T, V]
+        want = llava(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    assert got.shape == want.shape == (2, ids.shape[1], len(shapes_tokenizer))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+def test_forward_shapes_and_loss(deco_model):
+    """Forward with labels returns a finite scalar loss and logits [B, T, V]."""
+    ids = torch.tensor([_image_row(deco_model)] * 2)
+    labels = ids.clone()
+    labels[ids == deco_model.image_token_id] = -100
+    with torch.no_grad():
+        out = deco_model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=_pixels(deco_model, 2),
+                         labels=labels)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert out.logits.shape == (2, ids.shape[1], deco_model.llm.config.vocab_size)
+
+
+def test_deco_puts_sixteen_features_per_image(deco_model):
+    """DeCo with M=16 from 144 patches writes exactly 16 projected features per image at the image positions."""
+    assert deco_model.vision.num_patches == 144
+    assert deco_model.num_image_tokens == 16
+    ids = torch.tensor([_image_row(deco_model)] * 2)
+    pixels = _pixels(deco_model, 2)
+    with torch.no_grad():
+        embeds = deco_model.embed(ids, pixels)  # [2, T, D]
+        feats = deco_model.encode_images(pixels)  # [2, 16, D]
+        text_only = deco_model.llm.get_input_embeddings()(ids)
+    assert feats.shape == (2, 16, deco_model.llm.config.hidden_size)
+    positions = ids == deco_model.image_token_id
+    assert positions.sum(dim=1).tolist() == [16, 16]
+    torch.testing.assert_close(embeds[positions].view(2, 16, -1), feats)
+    torch.testing.assert_close(embeds[~positions], text_only[~positions])
+
+
+# ------------------------------------------------------------------------------------- token accounting
+def test_image_token_count_mismatch_names_both_counts(deco_model):
+    """15 image tokens for one 16-token image raise ValueError naming 15 and 16."""
+    ids = torch.tensor([_image_row(deco_model, n_image_tokens=15)])
+    with pytest.raises(ValueError, match=r"15\b.*\b16\b"):
+        deco_model(input_ids=ids, pixel_values=_pixels(deco_model, 1))
+
+
+def test_image_without_image_tokens_raises(deco_model):
+    """An image supplied for a text with no image tokens raises ValueError."""
+    ids = torch.tensor([[deco_model.tokenizer.bos_token_id] + _text_ids(deco_model.tokenizer)])
+    with pytest.raises(ValueError, match=r"\b0 image-token"):
+        deco_model(input_ids=ids, pixel_values=_pixels(deco_model, 1))
+
+
+def test_image_tokens_without_image_raise(deco_model):
+    """Image tokens in the text but no pixel_values raise ValueError."""
+    ids = torch.tensor([_image_row(deco_model)])
+    with pytest.raises(ValueError, match=r"\b16\b"):
+        deco_model(input_ids=ids, pixel_values=None)
+
+
+# --------------------------------------------------------------------------------------- text-only rows
+def test_image_mask_mixes_text_only_and_image_rows(deco_model):
+    """image_mask selects which pixel_values are encoded; a text-only row and an image row batch together."""
+    tok = deco_model.tokenizer
+    image_row = _image_row(deco_model)
+    text_row = [tok.bos_token_id] + _text_ids(tok, " a" * (len(image_row) - 1))
+    assert len(text_row) == len(image_row)
+    ids = torch.tensor([text_row, image_row])
+    image_mask = torch.tensor([False, True])
+    pixels = _pixels(deco_model, 2)
+    with torch.no_grad():
+        batch = deco_model(input_ids=ids, pixel_values=pixels, image_mask=image_mask).logits
+        other_dummy = pixels.clone()
+        other_dummy[0] = 1e3  # the masked-out image must not matter
+        batch2 = deco_model(input_ids=ids, pixel_values=other_dummy, image_mask=image_mask).logits
+        alone_img = deco_model(input_ids=ids[1:], pixel_values=pixels[1:]).logits
+        alone_txt = deco_model(input_ids=ids[:1], pixel_values=None).logits
+    assert torch.equal(batch, batch2)
+    torch.testing.assert_close(batch[1:], alone_img, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch[:1], alone_txt, atol=1e-5, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------------- non-square grid
+def test_non_square_patch_grid_raises():
+    """A projector given N = 12*13 patch tokens raises the documented 'grid must be square' ValueError."""
+    with pytest.raises(ValueError, match="square"):
+        build_projector(ProjectorConfig(name="deco", num_tokens=16), 8, 16, num_patches=12 * 13)
+    projector = build_projector(ProjectorConfig(name="deco", num_tokens=16), 8, 16, num_patches=144)
+    with pytest.raises(ValueError, match=r"156.*square"):
+        projector(torch.randn(1, 12 * 13, 8))
+
+
+# ------------------------------------------------------------------------------------------- save/load
+def test_save_load_roundtrip(deco_model, tmp_path):
+    """save_pretrained -> from_pretrained gives identical logits and writes config, weights, tokenizer, processor."""
+    out = tmp_path / "export"
+    deco_model.save_pretrained(out)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer", "image_processor"):
+        assert (out / name).exists(), name
+    assert (out / "tokenizer").is_dir() and (out / "image_processor").is_dir()
+    loaded = DecoModel.from_pretrained(out)
+    assert dataclasses.asdict(loaded.cfg) == dataclasses.asdict(deco_model.cfg)
+    assert loaded.num_image_tokens == deco_model.num_image_tokens
+    assert loaded.image_token_id == deco_model.image_token_id
+    ids = torch.tensor([_image_row(deco_model)])
+    pixels = _pixels(deco_model, 1)
+    with torch.no_grad():
+        before = deco_model(input_ids=ids, pixel_values=pixels).logits
+        after = loaded(input_ids=ids, pixel_values=pixels).logits
+    assert torch.equal(before, after)
+
+
+def test_from_pretrained_without_config_names_path(tmp_path):
+    """Loading a directory without deco_config.json raises FileNotFoundError naming the directory."""
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        DecoModel.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- freeze
+@pytest.fixture()
+def fresh_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
+    """A tiny model whose requires_grad flags a test may change freely."""
+    return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer)
+
+
+def _trainable_modules(model: DecoModel) -> set[str]:
+    return {name.split(".", 1)[0] for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_freeze_pretrain_leaves_only_projector(fresh_model):
+    """Pretrain (vision and LLM off) leaves only projector parameters trainable; the summary matches."""
+    summary = fresh_model.freeze_for_stage("pretrain", train_vision=False, train_projector=True, train_llm=False)
+    assert _trainable_modules(fresh_model) == {"projector"}
+    assert summary == fresh_model.parameter_summary()
+    assert summary["vision"][0] == 0 and summary["llm"][0] == 0
+    assert summary["projector"][0] == summary["projector"][1] > 0
+
+
+def test_freeze_finetune_leaves_projector_and_llm(fresh_model):
+    """Finetune (stage defaults) trains the projector and the LLM, not the vision tower."""
+    fresh_model.freeze_for_stage("pretrain", train_vision=False, train_projector=True, train_llm=False)
+    summary = fresh_model.freeze_for_stage("finetune")
+    assert _trainable_modules(fresh_model) == {"projector", "llm"}
+    assert summary == fresh_model.parameter_summary()
+    assert summary["llm"] == (sum(p.numel() for p in fresh_model.llm.parameters()),) * 2
+
+
+def test_freeze_unknown_stage_lists_valid(fresh_model):
+    """An unknown stage raises KeyError listing the valid stages."""
+    with pytest.raises(KeyError, match="pretrain.*finetune"):
+        fresh_model.freeze_for_stage("warmup")
+
+
+# -------------------------------------------------------------------------------------------- generate
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_generate_shape_and_determinism(deco_model):
+    """Greedy generation on left-padded prompts returns [B, <= max_new_tokens] ids, the same on every call."""
+    rows = [_image_row(deco_model), _image_row(deco_model, text=" a")]
+    ids, mask = _left_pad(rows, deco_model.tokenizer.pad_token_id)
+    pixels = _pixels(deco_model, 2)
+    first = deco_model.generate(ids, mask, pixels, max_new_tokens=5)
+    second = deco_model.generate(ids, mask, pixels, max_new_tokens=5)
+    assert first.shape[0] == 2 and 1 <= first.shape[1] <= 5
+    assert first.dtype == torch.long
+    assert torch.equal(first, second)
+
+
+def test_generate_left_padding_matches_unpadded(deco_model):
+    """A left-padded prompt (batch of 1) gives the same first-step scores and tokens as the unpadded prompt."""
+    row = _image_row(deco_model, text=" a")
+    pixels = _pixels(deco_model, 1, seed=3)
+    pad = deco_model.tokenizer.pad_token_id
+    padded, padded_mask = _left_pad([row, row + [pad] * 7], pad)  # row 0 gets 7 pads on the left
+    assert padded_mask[0, :7].sum() == 0
+    plain = torch.tensor([row])
+    kwargs = {"max_new_tokens": 3, "output_scores": True, "return_dict_in_generate": True}
+    out_plain = deco_model.generate(plain, torch.ones_like(plain), pixels, **kwargs)
+    out_padded = deco_model.generate(padded[:1], padded_mask[:1], pixels, **kwargs)
+    assert out_plain.sequences[0, 0] == out_padded.sequences[0, 0]
+    torch.testing.assert_close(out_padded.scores[0], out_plain.scores[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out_plain.sequences, out_padded.sequences)
+
+
+# ------------------------------------------------------------------------------------------- tokenizer
+def _vicuna_text() -> str:
+    from deco_core.data.conversation import prompt_text
+
+    question = "<image>\nWhat colour is the circle?\nAnswer the question using a single word or phrase."
+    return prompt_text(question) + " red</s>USER: Is there a blue square? ASSISTANT: no</s>"
+
+
+@pytest.mark.parametrize("text", [
+    "a small red square on the right.",
+    "[0.12, 0.40, 0.35, 0.62]",
+    pytest.param(_vicuna_text(), id="vicuna_v1"),
+])
+def test_tokenizer_roundtrip(shapes_tokenizer, text):
+    """decode(encode(text)) restores the text exactly, with no <unk>."""
+    ids = shapes_tokenizer.encode(text, add_special_tokens=False)
+    assert shapes_tokenizer.unk_token_id not in ids
+    assert shapes_tokenizer.decode(ids) == text
+
+
+def test_tokenizer_covers_every_generator(shapes_tokenizer):
+    """Samples from every ShapesWorld generator, templated as in training, tokenize with no <unk>."""
+    from deco_core.data.conversation import preprocess_conversation
+    from deco_core.data.shapes import SHAPES_GENERATORS, sample_text
+    from deco_core.model.tokenizer import image_token_id
+
+    image_id = image_token_id(shapes_tokenizer)
+    checked = 0
+    for name, (generator, split) in SHAPES_GENERATORS.items():
+        template = "plain" if name == "caption" else "vicuna_v1"
+        for sample in generator(50, 0, split):
+            example = preprocess_conversation(sample["json"]["conversations"], shapes_tokenizer, template,
+                                              image_id, 16, 10_000, True)
+            ids = example.input_ids + shapes_tokenizer.encode(sample_text(sample), add_special_tokens=False)
+            unknown = [shapes_tokenizer.decode([i]) for i in ids if i == shapes_tokenizer.unk_token_id]
+            assert not unknown, f"{name} sample {sample['json']['id']} has <unk>: {sample_text(sample)!r}"
+            checked += 1
+    assert checked == 50 * len(SHAPES_GENERATORS) >= 300
+
+
+def test_tokenizer_save_load_preserves_ids(shapes_tokenizer, tmp_path):
+    """save_pretrained + AutoTokenizer.from_pretrained keep every id, the special tokens and decoding."""
+    from transformers import AutoTokenizer
+
+    from deco_core.model.tokenizer import image_token_id
+
+    shapes_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = _vicuna_text()
+    assert loaded.encode(text, add_special_tokens=False) == shapes_tokenizer.encode(text, add_special_tokens=False)
+    assert loaded.get_vocab() == shapes_tokenizer.get_vocab()
+    assert image_token_id(loaded) == image_token_id(shapes_tokenizer)
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"):
+        assert getattr(loaded, attr) == getattr(shapes_tokenizer, attr), attr
+
