@@ -12,9 +12,10 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +25,9 @@ from deco_core.data.storage import StorageConfig
 from deco_core.model.projectors import ProjectorConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-SECRET_MARKERS = ("secret", "token", "password", "access_key", "credential")
+# Substrings of a secret key or env-var name; "token" must be a whole word (num_tokens, TOKENIZERS_* are not).
+SECRET_MARKERS = ("secret", "password", "access_key", "credential")
+SECRET_WORDS = ("token",)
 
 
 class ConfigError(ValueError):
@@ -36,7 +39,7 @@ class ConfigError(ValueError):
 class VisionConfig:
     """CLIP-style vision tower: built from these fields, or loaded from ``path`` (CLIP ViT-L/14-336 layout)."""
 
-    path: Optional[str] = None
+    path: str | None = None
     image_size: int = 96
     patch_size: int = 8
     hidden_size: int = 64
@@ -53,7 +56,7 @@ class VisionConfig:
 class LLMConfig:
     """Causal LM: a tiny Llama built from these fields, or any AutoModelForCausalLM checkpoint at ``path``."""
 
-    path: Optional[str] = None
+    path: str | None = None
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
@@ -67,7 +70,7 @@ class LLMConfig:
 class TokenizerConfig:
     """Tokenizer: built offline from the ShapesWorld vocabulary when ``path`` is None."""
 
-    path: Optional[str] = None
+    path: str | None = None
     max_length: int = 192
 
 
@@ -128,8 +131,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     epochs: int = 1
-    max_steps: Optional[int] = None
-    samples_per_epoch: Optional[int] = None
+    max_steps: int | None = None
+    samples_per_epoch: int | None = None
     num_workers: int = 2
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
@@ -140,9 +143,9 @@ class TrainConfig:
     max_failures: int = 0
     seed: int = 0
     log_every: int = 5
-    fail_at_step: Optional[int] = None  # fault injection for tests: rank 1 dies once at this step
-    init_from: Optional[str] = None  # URI of an exported model to start from
-    output_uri: Optional[str] = None  # where the exported model goes (default: <run root>/<stage>/model)
+    fail_at_step: int | None = None  # fault injection for tests: rank 1 dies once at this step
+    init_from: str | None = None  # URI of an exported model to start from
+    output_uri: str | None = None  # where the exported model goes (default: <run root>/<stage>/model)
 
     def grad_accum_steps(self) -> int:
         """Micro-batches accumulated per optimizer step so that global = micro × accum × workers."""
@@ -156,7 +159,7 @@ class EvalConfig:
     batch_size: int = 32
     num_actors: int = 1
     cpus_per_actor: float = 1.0
-    limit: Optional[int] = None
+    limit: int | None = None
     worst_cases: int = 8
 
 
@@ -168,7 +171,7 @@ class AnalysisConfig:
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: Optional[str] = None  # default: sqlite:///<root>/mlruns.db
+    tracking_uri: str | None = None  # default: sqlite:///<root>/mlruns.db
     experiment: str = "deco"
     registered_model: str = "deco-tiny"
     system_metrics: bool = True
@@ -176,8 +179,8 @@ class TrackingConfig:
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # None = in-process local Ray
-    num_cpus: Optional[int] = 4  # logical CPUs for a local Ray (see README: 2-core plan)
+    address: str | None = None  # None = in-process local Ray
+    num_cpus: int | None = 4  # logical CPUs for a local Ray (see README: 2-core plan)
     object_store_memory_mb: int = 512
     runtime_env: dict[str, Any] = field(default_factory=dict)
 
@@ -262,8 +265,12 @@ def compose(
     schema = OmegaConf.structured(Config)
     layers: list[DictConfig] = []
     for key, ref in sorted(defaults.items(), key=lambda kv: kv[0].count(".")):
+        group_file = _group_file(conf_dir, str(ref))
+        if not group_file.is_file():
+            valid = ", ".join(sorted(p.stem for p in group_file.parent.glob("*.yaml"))) or "none"
+            raise ConfigError(f"config key '{key}' = {str(ref)!r}: no file {group_file}; valid: {valid}")
         node = OmegaConf.create({})
-        _set_dotted(node, key, _load_yaml(_group_file(conf_dir, str(ref))))
+        _set_dotted(node, key, _load_yaml(group_file))
         layers.append(node)
     layers.append(top)
     try:
@@ -375,13 +382,19 @@ def redact_secrets(data: Any, _key: str = "") -> Any:
         return {k: redact_secrets(v, str(k)) for k, v in data.items()}
     if isinstance(data, list):
         return [redact_secrets(v, _key) for v in data]
-    if any(m in _key.lower() for m in SECRET_MARKERS) and data not in (None, "", False):
+    if _is_secret_name(_key) and data not in (None, "", False):
         return "***"
     if isinstance(data, str):
         for name, value in os.environ.items():
-            if value and len(value) >= 6 and any(m in name.lower() for m in SECRET_MARKERS) and value in data:
+            if value and len(value) >= 6 and _is_secret_name(name) and value in data:
                 data = data.replace(value, "***")
     return data
+
+
+def _is_secret_name(name: str) -> bool:
+    """True when ``name`` contains a SECRET_MARKERS substring or a SECRET_WORDS word (split on non-alphanumerics)."""
+    low = name.lower()
+    return any(m in low for m in SECRET_MARKERS) or any(w in SECRET_WORDS for w in re.split(r"[^a-z0-9]+", low))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

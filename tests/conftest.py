@@ -29,3 +29,15 @@ def tiny_cfg():
     from deco_core.config import compose
 
     return compose("pipeline/tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small ShapesWorld shard corpus (pretrain, finetune and validation splits), built once."""
+    from deco_core.config import compose
+    from deco_core.data.corpus import build_shapes_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    cfg = compose("pipeline/tiny", [f"data.root={root}", "data.caption_samples=800", "data.instruct_samples=800",
+                                    "data.eval_samples=256", "data.samples_per_shard=200"])
+    return build_shapes_corpus(cfg.data, progress=False)

@@ -74,8 +74,9 @@ def split_words(text: str) -> list[str]:
     return _WORD_RE.findall(text)
 
 
-def caption_samples(n: int, seed: int | None = None, split: str = "train", config: ShapesConfig | None = None,
-                    start: int = 0) -> Iterator[dict[str, Any]]:
+def caption_samples(
+    n: int, seed: int | None = None, split: str = "train", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """Caption samples (task 'caption', `plain` layout): human '<image>', gpt the canonical caption."""
     config = config or ShapesConfig()
     seed = resolve_seed(seed, config)
@@ -101,8 +102,9 @@ def _conversation_qas(scene: Scene, rng: np.random.Generator, config: ShapesConf
     return qas
 
 
-def instruct_samples(n: int, seed: int | None = None, split: str = "train", config: ShapesConfig | None = None,
-                     start: int = 0) -> Iterator[dict[str, Any]]:
+def instruct_samples(
+    n: int, seed: int | None = None, split: str = "train", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """Multi-turn instruction samples (task 'instruct') mixing attribute, spatial, count, existence,
     grounding and description questions; `<image>` opens the first human turn."""
     config = config or ShapesConfig()

@@ -1,4 +1,4 @@
-"""ShapesWorld evaluation splits in the style of public benchmarks: VQA, POPE, MMBench-style MC, REC, captions.
+"""ShapesWorld eval splits in the style of public benchmarks: VQA, POPE, MMBench-style MC, REC, captions.
 
 Each sample carries the eval fields of the sample schema (`answers`, `split`, `question_id`, plus `label`,
 `choices` or `bbox` where they apply) and a canonical gpt turn. Images come from a (seed, split, task)
@@ -52,7 +52,7 @@ POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
 # (question type, spatial) -> weight; spatial types name the object by position only.
 VQA_MIX: dict[tuple[str, bool], float] = {
     ("colour", False): 1.0, ("shape", False): 1.0, ("size", False): 0.5, ("position", False): 1.0,
-    ("colour", True): 1.0, ("shape", True): 1.0, ("count", False): 1.0, ("exists", False): 1.0,
+    ("colour", True): 1.5, ("shape", True): 1.5, ("count", False): 1.0, ("exists", False): 1.0,
 }  # fmt: skip
 ANSWER_TYPES: dict[str, str] = {"exists": "yes/no", "count": "number"}
 MC_KINDS: tuple[str, ...] = ("colour", "which", "position", "count")
@@ -83,27 +83,48 @@ def _vqa_qa(scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> QA:
     weights = np.asarray(list(VQA_MIX.values()))
     name, spatial = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
     qa = build_qa(name, scene, rng, config, spatial=spatial)
-    # 'Where is ...' is impossible only when every object has an exact attribute twin: ask by position.
-    return qa if qa is not None else build_qa("colour", scene, rng, config, spatial=True)  # type: ignore[return-value]
+    if qa is None:  # 'Where is ...' fails only when every object has an exact attribute twin
+        qa = build_qa("colour", scene, rng, config, spatial=True)
+    assert qa is not None
+    return qa
 
 
-def eval_vqa_samples(n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None,
-                     start: int = 0) -> Iterator[dict[str, Any]]:
+def eval_vqa_samples(
+    n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """Open short-answer VQA (task 'vqa'): answers = 10 annotator strings, answers[0] canonical."""
     config = config or ShapesConfig()
     seed = resolve_seed(seed, config)
     for index, scene, rng in iter_scenes("vqa", n, seed, split, config, start):
         qa = _vqa_qa(scene, rng, config)
         base = qa.qtype.removeprefix("spatial_")
-        meta = {"question_type": qa.qtype, "answer_type": ANSWER_TYPES.get(base, "other"), "target": qa.target}
-        fields = {"answers": vqa_answers(qa.answer, rng), "split": split,
-                  "question_id": f"vqa-{split}-{seed}-{index}"}
-        yield scene_sample("vqa", "vqa", split, seed, index, scene, _turns(_short_prompt(qa.question), qa.answer),
-                           meta, fields)
+        meta = {
+            "question_type": qa.qtype,
+            "answer_type": ANSWER_TYPES.get(base, "other"),
+            "target": qa.target,
+        }
+        fields = {
+            "answers": vqa_answers(qa.answer, rng),
+            "split": split,
+            "question_id": f"vqa-{split}-{seed}-{index}",
+        }
+        yield scene_sample(
+            "vqa",
+            "vqa",
+            split,
+            seed,
+            index,
+            scene,
+            _turns(_short_prompt(qa.question), qa.answer),
+            meta,
+            fields,
+        )
 
 
-def pope_negative(scene: Scene, rng: np.random.Generator, pope_split: str, config: ShapesConfig) -> tuple[str, str]:
-    """An absent (colour, shape) combo: random / among the 3 most popular / a one-attribute twin of a present one."""
+def pope_negative(
+    scene: Scene, rng: np.random.Generator, pope_split: str, config: ShapesConfig
+) -> tuple[str, str]:
+    """An absent (colour, shape) combo: random / among the 3 most popular / one-attribute twin of a present one."""
     present = {(o.colour, o.shape) for o in scene.objects}
     if pope_split == "random":
         pool = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
@@ -118,8 +139,9 @@ def pope_negative(scene: Scene, rng: np.random.Generator, pope_split: str, confi
     return pool[int(rng.integers(len(pool)))]
 
 
-def eval_pope_samples(n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None,
-                      start: int = 0) -> Iterator[dict[str, Any]]:
+def eval_pope_samples(
+    n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """POPE yes/no existence (task 'pope'): 6 questions per image, a (yes, no) pair for each pope_split.
 
     Sample i asks about image i // 6 with pope_split POPE_SPLITS[(i % 6) // 2] and label yes iff i is even,
@@ -143,12 +165,21 @@ def eval_pope_samples(n: int, seed: int | None = None, split: str = "val", confi
         label = "yes" if index % 2 == 0 else "no"
         colour, shape = positive if label == "yes" else negative
         question = POPE_TEMPLATE.format(a=article(colour), colour=colour, shape=shape)
-        meta = {"pope_split": pope_split, "image_index": image_index, "question_type": "exists",
-                "object": f"{colour} {shape}"}
-        fields = {"answers": [label], "label": label, "split": split,
-                  "question_id": f"pope-{split}-{seed}-{index}"}
-        yield scene_sample("pope", "pope", split, seed, index, scene, _turns(_short_prompt(question), label),
-                           meta, fields)
+        meta = {
+            "pope_split": pope_split,
+            "image_index": image_index,
+            "question_type": "exists",
+            "object": f"{colour} {shape}",
+        }
+        fields = {
+            "answers": [label],
+            "label": label,
+            "split": split,
+            "question_id": f"pope-{split}-{seed}-{index}",
+        }
+        yield scene_sample(
+            "pope", "pope", split, seed, index, scene, _turns(_short_prompt(question), label), meta, fields
+        )
 
 
 def _distinct(first: list[str], fallback: list[str], answer: str, rng: np.random.Generator) -> list[str]:
@@ -161,7 +192,9 @@ def _distinct(first: list[str], fallback: list[str], answer: str, rng: np.random
     return out
 
 
-def _mc_question(kind: str, scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> tuple[QA, list[str]]:
+def _mc_question(
+    kind: str, scene: Scene, rng: np.random.Generator, config: ShapesConfig
+) -> tuple[QA, list[str]]:
     """(question with canonical answer, 3 distractor option texts) for one MC kind."""
     others = list(scene.objects)
     if kind == "which":
@@ -171,8 +204,12 @@ def _mc_question(kind: str, scene: Scene, rng: np.random.Generator, config: Shap
 
         target = pick_target(scene, rng, combo)
         where = POSITION_PHRASES[scene.objects[target].position]
-        qa = QA("which", QUESTION_TEMPLATES["which"][0].format(where=where), combo(scene.objects[target]), target)
-        return qa, _distinct([combo(o) for o in others], [f"{c} {s}" for c in COLOURS for s in SHAPES], qa.answer, rng)
+        qa = QA(
+            "which", QUESTION_TEMPLATES["which"][0].format(where=where), combo(scene.objects[target]), target
+        )
+        return qa, _distinct(
+            [combo(o) for o in others], [f"{c} {s}" for c in COLOURS for s in SHAPES], qa.answer, rng
+        )
     if kind == "position":
         qa = build_qa("position", scene, rng, config)
         if qa is not None:
@@ -187,8 +224,9 @@ def _mc_question(kind: str, scene: Scene, rng: np.random.Generator, config: Shap
     return qa, _distinct([], [str(k) for k in range(10) if abs(k - n) <= 3], qa.answer, rng)
 
 
-def eval_mc_samples(n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None,
-                    start: int = 0) -> Iterator[dict[str, Any]]:
+def eval_mc_samples(
+    n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """MMBench-style A-D multiple choice (task 'mc'): choices letter -> text, answers = [letter]."""
     config = config or ShapesConfig()
     seed = resolve_seed(seed, config)
@@ -200,14 +238,26 @@ def eval_mc_samples(n: int, seed: int | None = None, split: str = "val", config:
         choices = {MC_LETTERS[k]: options[j] for k, j in enumerate(order)}
         letter = MC_LETTERS[order.index(0)]
         lines = [f"{IMAGE_TOKEN}\n{qa.question}", *(f"{k}. {v}" for k, v in choices.items()), MC_SUFFIX]
-        meta = {"question_type": qa.qtype, "category": MC_CATEGORIES[qa.qtype.removeprefix("spatial_")], "target": qa.target,
-                "answer_text": qa.answer}
-        fields = {"answers": [letter], "choices": choices, "split": split, "question_id": f"mc-{split}-{seed}-{index}"}
-        yield scene_sample("mc", "mc", split, seed, index, scene, _turns("\n".join(lines), letter), meta, fields)
+        meta = {
+            "question_type": qa.qtype,
+            "category": MC_CATEGORIES[qa.qtype.removeprefix("spatial_")],
+            "target": qa.target,
+            "answer_text": qa.answer,
+        }
+        fields = {
+            "answers": [letter],
+            "choices": choices,
+            "split": split,
+            "question_id": f"mc-{split}-{seed}-{index}",
+        }
+        yield scene_sample(
+            "mc", "mc", split, seed, index, scene, _turns("\n".join(lines), letter), meta, fields
+        )
 
 
-def eval_rec_samples(n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None,
-                     start: int = 0) -> Iterator[dict[str, Any]]:
+def eval_rec_samples(
+    n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """Referring expression comprehension (task 'rec'): bbox = normalised xyxy GT, answers = [box text]."""
     config = config or ShapesConfig()
     seed = resolve_seed(seed, config)
@@ -217,20 +267,41 @@ def eval_rec_samples(n: int, seed: int | None = None, split: str = "val", config
         ref = refer(scene, target, {"shape", "colour", "size", "position"}, spatial=spatial)
         answer = box_text(scene.norm_box(target), config.coord_step_hundredths)
         prompt = f"{IMAGE_TOKEN}\n{REC_PROMPT.format(ref=ref)}"
-        meta = {"question_type": "spatial_ground" if spatial else "ground", "expression": ref, "target": target}
-        fields = {"answers": [answer], "bbox": scene.norm_box(target), "split": split,
-                  "question_id": f"rec-{split}-{seed}-{index}"}
+        meta = {
+            "question_type": "spatial_ground" if spatial else "ground",
+            "expression": ref,
+            "target": target,
+        }
+        fields = {
+            "answers": [answer],
+            "bbox": scene.norm_box(target),
+            "split": split,
+            "question_id": f"rec-{split}-{seed}-{index}",
+        }
         yield scene_sample("rec", "rec", split, seed, index, scene, _turns(prompt, answer), meta, fields)
 
 
-def eval_caption_samples(n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None,
-                         start: int = 0) -> Iterator[dict[str, Any]]:
+def eval_caption_samples(
+    n: int, seed: int | None = None, split: str = "val", config: ShapesConfig | None = None, start: int = 0
+) -> Iterator[dict[str, Any]]:
     """Captioning (task 'caption_eval'): answers = 5 reference captions, the canonical one first."""
     config = config or ShapesConfig()
     seed = resolve_seed(seed, config)
     for index, scene, _ in iter_scenes("caption_eval", n, seed, split, config, start):
-        fields = {"answers": caption_references(scene), "split": split,
-                  "question_id": f"caption-{split}-{seed}-{index}"}
+        fields = {
+            "answers": caption_references(scene),
+            "split": split,
+            "question_id": f"caption-{split}-{seed}-{index}",
+        }
         turns = _turns(f"{IMAGE_TOKEN}\n{DESCRIBE_PROMPT}", caption(scene))
-        yield scene_sample("caption_eval", "caption_eval", split, seed, index, scene, turns,
-                           {"question_type": "describe"}, fields)
+        yield scene_sample(
+            "caption_eval",
+            "caption_eval",
+            split,
+            seed,
+            index,
+            scene,
+            turns,
+            {"question_type": "describe"},
+            fields,
+        )

@@ -99,9 +99,15 @@ class ShapesConfig:
             if not 0 < lo <= hi:
                 raise bad(name, (lo, hi), "0 < low <= high")
         if self.small_frac[1] >= self.large_frac[0]:
-            raise bad("small_frac", self.small_frac, f"below large_frac {self.large_frac} (distinct size classes)")
+            raise bad(
+                "small_frac", self.small_frac, f"below large_frac {self.large_frac} (distinct size classes)"
+            )
         if round(self.large_frac[1] * self.image_size) > self.image_size // 3:
-            raise bad("large_frac", self.large_frac, f"large objects fitting a grid cell of {self.image_size // 3}px")
+            raise bad(
+                "large_frac",
+                self.large_frac,
+                f"large objects fitting a grid cell of {self.image_size // 3}px",
+            )
         if round(self.small_frac[0] * self.image_size) < 4:
             raise bad("small_frac", self.small_frac, "small objects of at least 4px")
         lo, hi = self.background_grey
@@ -112,7 +118,9 @@ class ShapesConfig:
             raise bad("colour_jitter", self.colour_jitter, "small enough that objects never look greyish")
         step_h = round(self.coord_step * 100)
         if step_h < 1 or abs(step_h - self.coord_step * 100) > 1e-9 or 100 % step_h:
-            raise bad("coord_step", self.coord_step, "a multiple of 0.01 that divides 1 (0.01, 0.02, 0.05, 0.1...)")
+            raise bad(
+                "coord_step", self.coord_step, "a multiple of 0.01 that divides 1 (0.01, 0.02, 0.05, 0.1...)"
+            )
         for name in ("spatial_prob", "short_answer_suffix_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, getattr(self, name), "a probability in [0, 1]")
@@ -180,7 +188,9 @@ def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
 
-def sample_rngs(seed: int, split: str, stream: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+def sample_rngs(
+    seed: int, split: str, stream: str, index: int
+) -> tuple[np.random.Generator, np.random.Generator]:
     """(scene_rng, text_rng) for sample `index` of (seed, split, stream); splits and streams are independent."""
     if seed < 0 or index < 0:
         raise ValueError(f"seed={seed}, index={index}: expected non-negative ints")
@@ -271,8 +281,9 @@ def resolve_seed(seed: int | None, config: ShapesConfig) -> int:
     return config.seed if seed is None else int(seed)
 
 
-def iter_scenes(stream: str, n: int, seed: int, split: str, config: ShapesConfig,
-                start: int = 0) -> Iterator[tuple[int, Scene, np.random.Generator]]:
+def iter_scenes(
+    stream: str, n: int, seed: int, split: str, config: ShapesConfig, start: int = 0
+) -> Iterator[tuple[int, Scene, np.random.Generator]]:
     """(index, scene, text_rng) for indices start..start+n-1 of one (seed, split, stream) sequence."""
     check_name("split", split)
     if n < 0 or start < 0:
@@ -282,13 +293,29 @@ def iter_scenes(stream: str, n: int, seed: int, split: str, config: ShapesConfig
         yield index, sample_scene(scene_rng, config), text_rng
 
 
-def scene_sample(stream: str, task: str, split: str, seed: int, index: int, scene: Scene,
-                 conversations: list[dict[str, str]], meta: dict[str, Any] | None = None,
-                 eval_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+def scene_sample(
+    stream: str,
+    task: str,
+    split: str,
+    seed: int,
+    index: int,
+    scene: Scene,
+    conversations: list[dict[str, str]],
+    meta: dict[str, Any] | None = None,
+    eval_fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Assemble one schema sample: key, PNG bytes and json (id, conversations, task, meta, eval fields)."""
     key = f"shapes_{stream}_{split}_{seed}_{index:08d}"
-    full_meta = {"source": "shapesworld", "split": split, "seed": seed, "index": index,
-                 "image_size": scene.image_size, "objects": scene.objects_meta(), **(meta or {})}
+    full_meta = {
+        "source": "shapesworld",
+        "split": split,
+        "seed": seed,
+        "index": index,
+        "image_size": scene.image_size,
+        "background": list(scene.background),
+        "objects": scene.objects_meta(),
+        **(meta or {}),
+    }
     record: dict[str, Any] = {"id": key, "conversations": conversations, "task": task, "meta": full_meta}
     record.update(eval_fields or {})
     return {"__key__": key, "png": render_png(scene), "json": record}

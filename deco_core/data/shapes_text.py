@@ -23,7 +23,18 @@ REC_PROMPT = "Please provide the bounding box coordinate of the region this sent
 DESCRIBE_PROMPT = "Describe the image briefly."
 POPE_TEMPLATE = "Is there {a} {colour} {shape} in the image?"
 MC_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
 
 # fmt: off
@@ -158,13 +169,17 @@ def caption_references(scene: Scene) -> list[str]:
 
 
 # ---------------------------------------------------------------- question builders
-def pick_target(scene: Scene, rng: np.random.Generator, answer_of: Callable[[ShapeObject], str] | None) -> int:
-    """A target object; with `answer_of`, prefer objects whose answer differs from some other object's."""
+def pick_target(
+    scene: Scene, rng: np.random.Generator, answer_of: Callable[[ShapeObject], str] | None
+) -> int:
+    """A target object. With `answer_of`, the answer value is drawn uniformly among the distinct values in
+    the scene first (balanced answers: guessing the most common value scores at most 1 / #values)."""
     objs = scene.objects
-    candidates = list(range(len(objs)))
-    if answer_of is not None:
-        informative = [i for i in candidates if any(answer_of(o) != answer_of(objs[i]) for o in objs)]
-        candidates = informative or candidates
+    if answer_of is None:
+        return int(rng.integers(len(objs)))
+    values = sorted({answer_of(o) for o in objs})
+    value = values[int(rng.integers(len(values)))]
+    candidates = [i for i, o in enumerate(objs) if answer_of(o) == value]
     return candidates[int(rng.integers(len(candidates)))]
 
 
@@ -172,12 +187,17 @@ def _attribute_qa(qtype: str, scene: Scene, rng: np.random.Generator, spatial: b
     def answer_of(o: ShapeObject) -> str:
         return o.attr(qtype)
 
+    objs = scene.objects
+    if spatial and all(answer_of(o) == answer_of(objs[0]) for o in objs):
+        spatial = False  # position-only wording would be answerable without looking at positions
     target = pick_target(scene, rng, answer_of if spatial else None)
     allowed = {"shape", "colour", "size", "position"} - {qtype}
     ref = refer(scene, target, allowed, spatial=spatial)
     assert ref is not None  # position is allowed, so a unique expression always exists
     kind = f"spatial_{qtype}" if spatial else qtype
-    return QA(kind, pick(rng, QUESTION_TEMPLATES[qtype]).format(ref=ref), answer_of(scene.objects[target]), target)
+    return QA(
+        kind, pick(rng, QUESTION_TEMPLATES[qtype]).format(ref=ref), answer_of(scene.objects[target]), target
+    )
 
 
 def colour_qa(scene: Scene, rng: np.random.Generator, spatial: bool = False) -> QA:
@@ -216,7 +236,9 @@ def count_qa(scene: Scene, rng: np.random.Generator, spatial: bool = False) -> Q
         n = sum(o.colour == colour for o in scene.objects)
         return QA("count", template.format(colour=colour), str(n))
     shape = present.shape if use_present else pick(rng, SHAPES)
-    return QA("count", template.format(plural=PLURALS[shape]), str(sum(o.shape == shape for o in scene.objects)))
+    return QA(
+        "count", template.format(plural=PLURALS[shape]), str(sum(o.shape == shape for o in scene.objects))
+    )
 
 
 def exists_qa(scene: Scene, rng: np.random.Generator, spatial: bool = False) -> QA:
@@ -260,8 +282,9 @@ QA_BUILDERS: dict[str, tuple[QABuilder, bool]] = {   # name -> (builder, may be 
 # fmt: on
 
 
-def build_qa(name: str, scene: Scene, rng: np.random.Generator, config: ShapesConfig,
-             spatial: bool | None = None) -> QA | None:
+def build_qa(
+    name: str, scene: Scene, rng: np.random.Generator, config: ShapesConfig, spatial: bool | None = None
+) -> QA | None:
     """Run builder `name`; `spatial=None` draws it with `config.spatial_prob` for builders that support it."""
     if name not in QA_BUILDERS:
         raise KeyError(f"unknown question type {name!r}; valid: {', '.join(QA_BUILDERS)}")

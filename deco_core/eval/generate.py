@@ -1,8 +1,8 @@
 """Batch inference for evaluation: left-padded greedy generation, in-process or on a Ray Data actor pool.
 
-`generate_local` runs one process over an iterable of raw shard records (tests, analysis); `run_generation`
-streams shards through `ray.data.read_webdataset` into `GenerationActor`s (each loads the model once) and writes
-one parquet row per question: question_id, task, key, shard, prompt, prediction, references (JSON), score, error.
+`generate_local` runs one process over an iterable of raw shard records (tests, analysis);
+`run_generation_tasks` streams the shards of all tasks through `ray.data.read_webdataset` into one pool of
+`GenerationActor`s (each loads the model once) and writes one parquet row per question: question_id, task, key, shard, prompt, prediction, references (JSON), score, error.
 A record that cannot be decoded is not dropped: it gets an empty prediction, score 0 and its error reason.
 """
 
@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from deco_core.eval.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
+TASK_COLUMN = "__task__"
 OUTPUT_COLUMNS = ("question_id", "task", "key", "shard", "prompt", "prediction", "references", "score", "error")
 
 
@@ -159,56 +160,89 @@ def generate_local(model, records: Iterable[dict[str, Any]], task: Task | str, b
 
 
 class GenerationActor:
-    """Ray Data callable class: loads the model once, then turns batches of raw records into answer rows."""
+    """Ray Data callable class: loads the model once, then turns batches of raw records into answer rows.
 
-    def __init__(self, model_uri: str, task_name: str, max_new_tokens: int | None = None,
+    Rows carry their task in a `__task__` column (several tasks share one actor pool, so the model is loaded
+    once per actor for the whole evaluation); without that column every row belongs to `task_name`.
+    """
+
+    def __init__(self, model_uri: str, task_name: str | None = None, max_new_tokens: int | None = None,
                  storage: StorageConfig | None = None, num_threads: int = 1) -> None:
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU only when the actor was given one
         self.model = load_model(model_uri, storage, device)
-        self.task = get_task(task_name)
+        self.task_name = task_name
         self.transform = ImageTransform.from_vision_config(self.model.cfg.vision)
-        self.max_new_tokens = effective_max_new_tokens(self.task, max_new_tokens)
+        self.max_new_tokens = max_new_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["__key__"])
         records = [{k: v[i] for k, v in batch.items()} for i in range(n)]
-        questions = [decode_question(r, self.task, self.transform) for r in records]
-        rows = answer_questions(self.model, self.task, questions, self.max_new_tokens)
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            by_task.setdefault(str(r.get(TASK_COLUMN) or self.task_name), []).append(r)
+        rows: list[dict[str, Any]] = []
+        for name, group in by_task.items():
+            task = get_task(name)
+            questions = [decode_question(r, task, self.transform) for r in group]
+            rows += answer_questions(self.model, task, questions,
+                                     effective_max_new_tokens(task, self.max_new_tokens))
         out = {c: np.array([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS if c != "score"}
         out["score"] = np.array([r["score"] for r in rows], dtype=np.float64)
         return out
 
 
-def run_generation(model_uri: str, task: str, data_uri: str, out_uri: str, cfg: EvalConfig,
-                   storage: StorageConfig | None = None, num_gpus: float = 0.0) -> str:
-    """Stream `data_uri` shards through a pool of `cfg.num_actors` GenerationActors into parquet at `out_uri`.
-
-    Resource plan: reads take 0.25 CPU each and every actor `cfg.cpus_per_actor` (fractional values are fine,
-    e.g. 1.0 per actor on a local Ray started with 4 logical CPUs); Ray streams blocks, so memory stays bounded
-    by a few batches per actor whatever the size of the set. `cfg.limit` caps the number of questions.
-    `num_gpus` > 0 gives each actor a GPU share (bf16 generation there). Existing output is overwritten.
-    """
-    from ray.data import SaveMode
+def _tagged_source(task: str, data_uri: str, storage: StorageConfig, limit: int | None):
+    """The task's raw records with a `__task__` column, and their count (capped by `limit`)."""
+    import pyarrow as pa
 
     from deco_core.data.ray_data import read_source
 
-    storage = storage or StorageConfig()
-    get_task(task)  # fail fast on a bad name, before starting any Ray work
     counts: Counter = Counter()
     ds, total = read_source(data_uri, storage, counts, num_cpus=0.25, shuffle=False)
     if counts.get("truncated_shard"):
         logger.warning("eval %s: %d questions in unreadable shards are left out", task, counts["truncated_shard"])
-    if cfg.limit:
-        ds, total = ds.limit(cfg.limit), min(total, cfg.limit)
+    if limit:
+        ds, total = ds.limit(limit), min(total, limit)
+    ds = ds.map_batches(lambda t: t.append_column(TASK_COLUMN, pa.array([task] * t.num_rows, pa.string())),
+                        batch_format="pyarrow", num_cpus=0.25)
+    return ds, total
+
+
+def run_generation_tasks(model_uri: str, data_uris: Mapping[str, str], out_uri: str, cfg: EvalConfig,
+                         storage: StorageConfig | None = None, num_gpus: float = 0.0) -> dict[str, int]:
+    """Stream every task's shards through ONE pool of `cfg.num_actors` GenerationActors into parquet at `out_uri`.
+
+    Resource plan: reads take 0.25 CPU each and every actor `cfg.cpus_per_actor` (fractional values are fine,
+    e.g. 1.0 per actor on a local Ray started with 4 logical CPUs); Ray streams blocks, so memory stays bounded
+    by a few batches per actor whatever the size of the set. `cfg.limit` caps the questions of each task.
+    `num_gpus` > 0 gives each actor a GPU share (bf16 generation there). Existing output is overwritten.
+    Returns {task: number of questions sent}.
+    """
+    from ray.data import SaveMode
+
+    storage = storage or StorageConfig()
+    for task in data_uris:
+        get_task(task)  # fail fast on a bad name, before starting any Ray work
+    parts = {task: _tagged_source(task, uri, storage, cfg.limit) for task, uri in data_uris.items()}
+    datasets = [ds for ds, _ in parts.values()]
+    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     ds = ds.map_batches(
         GenerationActor,
-        fn_constructor_kwargs={"model_uri": model_uri, "task_name": task, "max_new_tokens": cfg.max_new_tokens,
-                               "storage": storage, "num_threads": max(1, int(cfg.cpus_per_actor))},
+        fn_constructor_kwargs={"model_uri": model_uri, "max_new_tokens": cfg.max_new_tokens, "storage": storage,
+                               "num_threads": max(1, int(cfg.cpus_per_actor))},
         batch_size=cfg.batch_size, concurrency=cfg.num_actors, num_cpus=cfg.cpus_per_actor, num_gpus=num_gpus or None,
     )
     fs = pyarrow_filesystem(out_uri, storage)
     target = get_filesystem(out_uri, storage)[1] if fs is None else out_uri.split("://", 1)[1]
-    logger.info("eval %s: generating %d answers from %s with %d actor(s)", task, total, data_uri, cfg.num_actors)
+    totals = {task: n for task, (_, n) in parts.items()}
+    logger.info("eval: generating answers %s with %d actor(s) into %s", totals, cfg.num_actors, out_uri)
     ds.write_parquet(target, filesystem=fs, mode=SaveMode.OVERWRITE)
+    return totals
+
+
+def run_generation(model_uri: str, task: str, data_uri: str, out_uri: str, cfg: EvalConfig,
+                   storage: StorageConfig | None = None, num_gpus: float = 0.0) -> str:
+    """One task's answers as parquet at `out_uri` (see `run_generation_tasks`); returns `out_uri`."""
+    run_generation_tasks(model_uri, {task: data_uri}, out_uri, cfg, storage, num_gpus)
     return out_uri

@@ -152,9 +152,10 @@ def _agg_rec(rows: Rows) -> dict[str, float]:
 
 
 def _agg_cider(rows: Rows) -> dict[str, float]:
-    refs = [[str(a) for a in _refs(r)["answers"]] for r in rows]
-    return {"cider": M.cider([str(r["prediction"]) for r in rows], refs),
-            "unigram_f1": _mean([_one_caption(str(r["prediction"]), x) for r, x in zip(rows, map(_refs, rows))])}
+    refs = [_refs(r) for r in rows]
+    preds = [str(r["prediction"]) for r in rows]
+    return {"cider": M.cider(preds, [[str(a) for a in x["answers"]] for x in refs]),
+            "unigram_f1": _mean([_one_caption(p, x) for p, x in zip(preds, refs, strict=True)])}
 
 
 # fmt: off

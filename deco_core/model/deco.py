@@ -162,7 +162,7 @@ class DecoModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         sd = state_dict if state_dict is not None else self.state_dict()
-        sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        sd = _drop_shared({k: v.detach().contiguous().cpu() for k, v in sd.items()})
         meta = {
             "deco_config": to_dict(self.cfg),
             "vision_config": self.vision.model.config.to_dict(),
@@ -191,10 +191,33 @@ class DecoModel(nn.Module):
         projector = build_projector(cfg.projector, vision.hidden_size, llm.config.hidden_size, vision.num_patches)
         model = cls(cfg, vision, projector, llm, tokenizer)
         missing, unexpected = model.load_state_dict(load_file(str(root / WEIGHTS_FILE)), strict=False)
+        missing = [k for k in missing if k not in _shared_keys(model.state_dict())]  # tied: filled via their twin
         if missing or unexpected:
             raise ValueError(f"{root / WEIGHTS_FILE}: weights do not match the model: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def _shared_keys(sd: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose tensor shares storage with an earlier key (tied weights, e.g. lm_head = embed_tokens)."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    shared = set()
+    for key, tensor in sd.items():
+        if tensor.numel() == 0:  # empty tensors all report data_ptr 0
+            continue
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if ident in seen:
+            shared.add(key)
+        seen.add(ident)
+    return shared
+
+
+def _drop_shared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory: keep the first key of each tied group."""
+    shared = _shared_keys(sd)
+    if shared:
+        log.info("not saving tied weights %s (restored by the model's weight tying on load)", sorted(shared))
+    return {k: v for k, v in sd.items() if k not in shared}
 
 
 def _strip(hf_config: dict[str, Any]) -> dict[str, Any]:

@@ -102,13 +102,18 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
 
 
 def _maybe_inject_fault(t: TrainConfig, state: LoopState, rank: int, world: int, marker: str | None) -> None:
-    """Test hook: the last rank dies once (hard exit) when reaching ``fail_at_step``."""
+    """Test hook: the last rank dies once (hard exit) when reaching ``fail_at_step``.
+
+    It first waits a few seconds: Ray Train's controller collects reported checkpoints on its health-check poll
+    (every 2 s), and a real crash would not land within milliseconds of the previous checkpoint either.
+    """
     if t.fail_at_step is None or state.step != t.fail_at_step or rank != world - 1 or not marker:
         return
     if Path(marker).exists():
         return
     Path(marker).parent.mkdir(parents=True, exist_ok=True)
     Path(marker).write_text(f"fault injected at step {state.step}\n")
+    time.sleep(5.0)
     log.error("fault injection: rank %d exits at step %d", rank, state.step)
     os._exit(1)
 

@@ -9,14 +9,20 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 main() {
-    local wanted=("$@") name
-    if ((${#wanted[@]} == 0)); then
-        wanted=(ray s3 mlflow) # reverse start order
-    fi
+    local wanted=("$@") name pids=() pid rc=0
+    ((${#wanted[@]} > 0)) || wanted=("${SERVICES[@]}")
     for name in "${wanted[@]}"; do
-        service_port "$name" >/dev/null
-        stop_service "$name"
+        service_port "$name" >/dev/null # validates the name
     done
+    # The services do not depend on each other: stop them concurrently.
+    for name in "${wanted[@]}"; do
+        stop_service "$name" &
+        pids+=("$!")
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || rc=1
+    done
+    return "$rc"
 }
 
 main "$@"

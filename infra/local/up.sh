@@ -49,7 +49,8 @@ start_mlflow() {
     mkdir -p "$SERVICES_DIR/mlartifacts"
     (
         cd "$SERVICES_DIR"
-        launch mlflow "$exe" server \
+        # MLflow 3's server-side job runner (GenAI jobs; a Huey consumer pool) is not used: off.
+        launch mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$exe" server \
             --backend-store-uri "sqlite:///$SERVICES_DIR/mlflow.db" \
             --default-artifact-root "$SERVICES_DIR/mlartifacts" \
             --host "$LOCAL_HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS"

@@ -31,7 +31,9 @@ def _fixture(tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
 
 
-def _image(path: Path, size: tuple[int, int] = (16, 12), colour: tuple[int, int, int] = (10, 120, 200)) -> bytes:
+def _image(
+    path: Path, size: tuple[int, int] = (16, 12), colour: tuple[int, int, int] = (10, 120, 200)
+) -> bytes:
     """Write a solid image whose format follows the suffix; returns the file bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
@@ -52,8 +54,16 @@ def _accounted(stats: ConversionStats, records: int) -> None:
 
 def test_registry_lists_every_format_and_rejects_unknown_names() -> None:
     """The registry maps each public format to a callable and a description; unknown names list valid ones."""
-    assert set(CONVERTERS) == {"llava_pretrain", "llava_instruct", "refcoco", "vqav2", "gqa", "pope", "mme",
-                               "mmbench"}
+    assert set(CONVERTERS) == {
+        "llava_pretrain",
+        "llava_instruct",
+        "refcoco",
+        "vqav2",
+        "gqa",
+        "pope",
+        "mme",
+        "mmbench",
+    }
     for name, (function, description) in CONVERTERS.items():
         assert callable(function) and function.__name__ == f"convert_{name}" and description
     with pytest.raises(KeyError, match="llava_pretrain"):
@@ -80,7 +90,9 @@ def test_llava_pretrain_converts_field_by_field(tmp_path: Path) -> None:
     }  # fmt: skip
     assert "jpg" not in samples[1] and _pixels(samples[1]["png"]) == _pixels(png)
     assert samples[1]["json"]["conversations"][1]["value"] == "a grey watch with an army style strap"
-    assert stats.skipped == Counter(missing_image=1, unknown_role=1, bad_record=2, bad_image=1, bad_conversation=1)
+    assert stats.skipped == Counter(
+        missing_image=1, unknown_role=1, bad_record=2, bad_image=1, bad_conversation=1
+    )
     _accounted(stats, 8)
 
 
@@ -92,7 +104,9 @@ def test_llava_instruct_searches_roots_and_keeps_text_only_records(tmp_path: Pat
     gif = root / "b" / "ocr_vqa" / "images" / "689852649.gif"
     _image(gif, colour=(255, 0, 0))
     stats = ConversionStats("llava_instruct")
-    samples = list(convert_llava_instruct(root / "llava_v1_5_mix665k.json", [root / "a", root / "b"], stats=stats))
+    samples = list(
+        convert_llava_instruct(root / "llava_v1_5_mix665k.json", [root / "a", root / "b"], stats=stats)
+    )
     assert [s["json"]["id"] for s in samples] == ["000000033471", "2354786", "i6IyJda_0", "689852649"]
     assert samples[0]["jpg"] == coco and samples[1]["jpg"] == gqa
     assert samples[0]["json"] == {
@@ -106,8 +120,10 @@ def test_llava_instruct_searches_roots_and_keeps_text_only_records(tmp_path: Pat
     }  # fmt: skip
     assert samples[1]["json"]["conversations"][0]["value"] == "<image>\nIs the sky dark?\n" + SUFFIX
     assert set(samples[2]) == {"__key__", "json"} and samples[2]["json"]["meta"]["image"] is None
-    assert samples[2]["json"]["conversations"][0] == {"from": "human",
-                                                      "value": "How to tell if a customer segment is well segmented?"}
+    assert samples[2]["json"]["conversations"][0] == {
+        "from": "human",
+        "value": "How to tell if a customer segment is well segmented?",
+    }
     assert "png" in samples[3] and _pixels(samples[3]["png"])[0] == (255, 0, 0)
     assert stats.skipped == Counter(bad_conversation=3, missing_image=1, unknown_role=1, bad_record=1)
     _accounted(stats, 10)
@@ -140,8 +156,14 @@ def test_vqav2_joins_questions_and_annotations(tmp_path: Path) -> None:
     root = _fixture(tmp_path, "vqav2")
     jpg = _image(root / "val2014" / "COCO_val2014_000000000042.jpg")
     stats = ConversionStats("vqav2")
-    samples = list(convert_vqav2(root / "v2_OpenEnded_mscoco_val2014_questions.json",
-                                 root / "v2_mscoco_val2014_annotations.json", root / "val2014", stats=stats))
+    samples = list(
+        convert_vqav2(
+            root / "v2_OpenEnded_mscoco_val2014_questions.json",
+            root / "v2_mscoco_val2014_annotations.json",
+            root / "val2014",
+            stats=stats,
+        )
+    )
     assert [s["json"]["question_id"] for s in samples] == ["42000", "42001"]
     assert samples[0]["jpg"] == jpg and samples[1]["jpg"] == jpg
     assert samples[1]["json"] == {
@@ -230,10 +252,12 @@ def test_mmbench_builds_llava_prompts_and_resolves_image_references(tmp_path: Pa
         "conversations": _turns(f"Think about temperature.\nWhich one is warm?\nA. ice\nB. fire\nC. snow\n{MC_SUFFIX}",
                                 "B"),
         "meta": {"source": "mmbench", "index": 1, "circular_group": 1, "category": "physical_property_reasoning",
-                 "l2_category": "attribute_reasoning"},
+                 "l2-category": "attribute_reasoning"},
         "answers": ["B"], "choices": {"A": "ice", "B": "fire", "C": "snow"}, "split": "dev", "question_id": "1",
     }  # fmt: skip
-    assert samples[0]["json"]["conversations"][0]["value"].startswith("<image>\nWhat colour is the square?\nA. red")
+    assert samples[0]["json"]["conversations"][0]["value"].startswith(
+        "<image>\nWhat colour is the square?\nA. red"
+    )
     assert samples[2]["json"]["meta"]["circular_group"] == 0 and samples[2]["json"]["answers"] == ["D"]
     assert stats.skipped == Counter(bad_answer=1, bad_image=1, bad_record=1, missing_answer=1)
     _accounted(stats, 7)
@@ -248,9 +272,17 @@ def test_stats_log_first_skip_per_reason_and_reject_unknown_reasons(caplog: pyte
         stats.skip("bad_label", "c")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "record a" in warnings[0].getMessage()
-    assert stats.summary() == "demo: converted 0 samples from 0 records, skipped 3 records (bad_label=1, missing_image=2)"
-    assert stats.as_dict() == {"converted": 0, "records_ok": 0, "skipped": 3, "skipped/bad_label": 1,
-                               "skipped/missing_image": 2}
+    assert (
+        stats.summary()
+        == "demo: converted 0 samples from 0 records, skipped 3 records (bad_label=1, missing_image=2)"
+    )
+    assert stats.as_dict() == {
+        "converted": 0,
+        "records_ok": 0,
+        "skipped": 3,
+        "skipped/bad_label": 1,
+        "skipped/missing_image": 2,
+    }
     with pytest.raises(ValueError, match="missing_image"):
         stats.skip("oops", "d")
     with pytest.raises(ValueError, match="bad_record"):

@@ -41,6 +41,11 @@ def deco_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
     return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).eval()
 
 
+@pytest.fixture()
+def fresh_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
+    """A tiny model whose requires_grad flags a test may change freely."""
+    return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer)
+
 # ------------------------------------------------------------------------------------------------ parity
 def _llava_key(key: str) -> str:
     """Map one of our state-dict keys onto LlavaForConditionalGeneration's key name."""
@@ -202,13 +207,21 @@ def test_from_pretrained_without_config_names_path(tmp_path):
         DecoModel.from_pretrained(tmp_path)
 
 
+def test_save_load_with_tied_embeddings(fresh_model, tmp_path):
+    """An LLM with tied input/output embeddings exports (safetensors forbids shared tensors) and reloads tied."""
+    llm = fresh_model.llm
+    llm.config.tie_word_embeddings = True
+    llm.lm_head.weight = llm.model.embed_tokens.weight
+    fresh_model.eval().save_pretrained(tmp_path)
+    loaded = DecoModel.from_pretrained(tmp_path)
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.model.embed_tokens.weight.data_ptr()
+    ids = torch.tensor([_image_row(fresh_model)])
+    pixels = _pixels(fresh_model, 1)
+    with torch.no_grad():
+        assert torch.equal(fresh_model(input_ids=ids, pixel_values=pixels).logits,
+                           loaded(input_ids=ids, pixel_values=pixels).logits)
+
 # ---------------------------------------------------------------------------------------------- freeze
-@pytest.fixture()
-def fresh_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
-    """A tiny model whose requires_grad flags a test may change freely."""
-    return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer)
-
-
 def _trainable_modules(model: DecoModel) -> set[str]:
     return {name.split(".", 1)[0] for name, p in model.named_parameters() if p.requires_grad}
 
@@ -328,3 +341,16 @@ def test_tokenizer_save_load_preserves_ids(shapes_tokenizer, tmp_path):
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"):
         assert getattr(loaded, attr) == getattr(shapes_tokenizer, attr), attr
 
+
+
+
+def test_train_word_tokenizer_learns_words_next_to_special_tokens():
+    """Words glued to a special token in training text ('</s>USER') are learned as they are encoded later."""
+    from deco_core.model.tokenizer import SPECIAL_TOKENS, train_word_tokenizer
+
+    tok = train_word_tokenizer(["ASSISTANT: yes</s>USER: why? ASSISTANT: no</s>"], words=["red"])
+    assert tok.convert_tokens_to_ids(SPECIAL_TOKENS) == list(range(len(SPECIAL_TOKENS)))
+    for text in ("USER: why? ASSISTANT: yes</s>USER: red", "(red red"):
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.unk_token_id not in ids, tok.convert_ids_to_tokens(ids)
+        assert tok.decode(ids) == text

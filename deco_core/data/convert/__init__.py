@@ -43,6 +43,18 @@ def get_converter(name: str) -> Converter:
     return CONVERTERS[name][0]
 
 
-__all__ = ["CONVERTERS", "SKIP_REASONS", "ConversionStats", "SkipRecord", "get_converter",
-           "convert_gqa", "convert_llava_instruct", "convert_llava_pretrain", "convert_mmbench", "convert_mme",
-           "convert_pope", "convert_refcoco", "convert_vqav2"]
+__all__ = [
+    "CONVERTERS",
+    "SKIP_REASONS",
+    "ConversionStats",
+    "SkipRecord",
+    "get_converter",
+    "convert_gqa",
+    "convert_llava_instruct",
+    "convert_llava_pretrain",
+    "convert_mmbench",
+    "convert_mme",
+    "convert_pope",
+    "convert_refcoco",
+    "convert_vqav2",
+]

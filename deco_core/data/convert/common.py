@@ -83,8 +83,10 @@ class ConversionStats:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(self.skipped.items())) or "none"
-        return (f"{self.source}: converted {self.converted} samples from {self.records_ok} records, "
-                f"skipped {self.total_skipped} records ({reasons})")
+        return (
+            f"{self.source}: converted {self.converted} samples from {self.records_ok} records, "
+            f"skipped {self.total_skipped} records ({reasons})"
+        )
 
     def as_dict(self) -> dict[str, int]:
         """Flat counts, e.g. for MLflow metrics: converted, skipped, skipped/<reason>."""
@@ -96,8 +98,12 @@ class ConversionStats:
         logger.info("%s", self.summary())
 
 
-def run_records(records: Iterable[tuple[str, Any]], convert: Callable[[int, Any], Iterable[dict[str, Any]]],
-                stats: ConversionStats, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def run_records(
+    records: Iterable[tuple[str, Any]],
+    convert: Callable[[int, Any], Iterable[dict[str, Any]]],
+    stats: ConversionStats,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Convert (record_id, record) pairs; SkipRecord is counted, never raised. Stops after `limit` samples."""
     for index, (record_id, record) in enumerate(records):
         if limit is not None and stats.converted >= limit:
@@ -163,7 +169,9 @@ def resolve_image(roots: Sequence[Path], relative: Any) -> Path:
         raise SkipRecord("bad_record", f"image field {relative!r}: expected a non-empty string")
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts:
-        raise SkipRecord("bad_record", f"unsafe image path {relative!r}: expected a relative path without '..'")
+        raise SkipRecord(
+            "bad_record", f"unsafe image path {relative!r}: expected a relative path without '..'"
+        )
     for root in roots:
         candidate = Path(root) / relative
         if candidate.is_file():
@@ -199,7 +207,9 @@ def normalise_conversation(turns: Any, has_image: bool) -> list[dict[str, str]]:
         if turn["from"] not in ("human", "gpt"):
             raise SkipRecord("unknown_role", f"turn {k}: role {turn['from']!r}; valid: human, gpt")
         if turn["from"] != ("human" if k % 2 == 0 else "gpt"):
-            raise SkipRecord("bad_conversation", f"turn {k}: role {turn['from']!r} breaks human/gpt alternation")
+            raise SkipRecord(
+                "bad_conversation", f"turn {k}: role {turn['from']!r} breaks human/gpt alternation"
+            )
         out.append({"from": turn["from"], "value": turn["value"]})
     if len(out) % 2:
         raise SkipRecord("bad_conversation", "the last turn must be from gpt")

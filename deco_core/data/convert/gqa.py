@@ -27,8 +27,15 @@ from deco_core.data.convert.vqav2 import with_suffix
 SOURCE = "gqa"
 
 
-def convert_gqa(questions_file: PathLike, image_root: PathLike, *, split: str = "testdev", balanced_only: bool = True,
-                stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_gqa(
+    questions_file: PathLike,
+    image_root: PathLike,
+    *,
+    split: str = "testdev",
+    balanced_only: bool = True,
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield GQA eval samples; skips (missing image, unbalanced, broken fields) are counted in `stats`."""
     stats = stats if stats is not None else ConversionStats(SOURCE)
     doc = load_json(questions_file)
@@ -46,9 +53,15 @@ def convert_gqa(questions_file: PathLike, image_root: PathLike, *, split: str = 
             raise SkipRecord("missing_answer", f"question {qid}")
         answer = require(record, "answer", str)
         ext, data = loader.load(Path(image_root) / f"{image_id}.jpg")
-        json_record = {"id": str(qid), "conversations": eval_turns(with_suffix(text), answer), "task": "gqa",
-                       "meta": {"source": SOURCE, "image_id": image_id}, "answers": [answer], "split": split,
-                       "question_id": str(qid)}
+        json_record = {
+            "id": str(qid),
+            "conversations": eval_turns(with_suffix(text), answer),
+            "task": "gqa",
+            "meta": {"source": SOURCE, "image_id": image_id},
+            "answers": [answer],
+            "split": split,
+            "question_id": str(qid),
+        }
         return [{"__key__": safe_key(SOURCE, f"{index:09d}"), ext: data, "json": json_record}]
 
     yield from run_records(((str(qid), (qid, rec)) for qid, rec in doc.items()), convert, stats, limit)

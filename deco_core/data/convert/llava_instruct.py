@@ -26,8 +26,13 @@ from deco_core.data.convert.llava_pretrain import llava_records
 SOURCE = "llava_instruct"
 
 
-def convert_llava_instruct(annotation_file: PathLike, image_roots: Sequence[PathLike] | PathLike, *,
-                           stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_llava_instruct(
+    annotation_file: PathLike,
+    image_roots: Sequence[PathLike] | PathLike,
+    *,
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield instruct samples (task 'instruct') from a LLaVA instruction JSON; skips are counted in `stats`."""
     stats = stats if stats is not None else ConversionStats(SOURCE)
     roots = [Path(image_roots)] if isinstance(image_roots, (str, Path)) else [Path(r) for r in image_roots]

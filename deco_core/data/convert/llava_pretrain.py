@@ -36,8 +36,13 @@ def llava_records(annotation_file: PathLike) -> list[tuple[str, Any]]:
     return [(str(r.get("id", i)) if isinstance(r, dict) else str(i), r) for i, r in enumerate(records)]
 
 
-def convert_llava_pretrain(annotation_file: PathLike, image_root: PathLike, *,
-                           stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_llava_pretrain(
+    annotation_file: PathLike,
+    image_root: PathLike,
+    *,
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield caption samples from LLaVA-558K; unconvertible records are counted in `stats`."""
     stats = stats if stats is not None else ConversionStats(SOURCE)
     loader, roots = ImageLoader(), [Path(image_root)]

@@ -57,8 +57,9 @@ def _options(row: dict[str, str]) -> dict[str, str]:
     return options
 
 
-def convert_mmbench(tsv_file: PathLike, *, split: str = "dev", stats: ConversionStats | None = None,
-                    limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_mmbench(
+    tsv_file: PathLike, *, split: str = "dev", stats: ConversionStats | None = None, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
     """Yield MMBench multiple-choice eval samples; broken rows are counted in `stats`."""
     path = Path(tsv_file)
     if not path.is_file():
@@ -89,11 +90,26 @@ def convert_mmbench(tsv_file: PathLike, *, split: str = "dev", stats: Conversion
             raise SkipRecord("bad_image", f"image cell is not base64 ({err})") from err
         ext, data = image_entry(data, f"row {index}")
         hint = "" if _missing(row.get("hint")) else row["hint"].strip() + "\n"
-        prompt = "\n".join([hint + row["question"].strip(), *(f"{k}. {v}" for k, v in options.items()), MC_SUFFIX])
-        meta = {"source": SOURCE, "index": int(index), "circular_group": int(index) % 1_000_000,
-                "category": row.get("category"), "l2_category": row.get("l2-category")}
-        json_record = {"id": index, "conversations": eval_turns(prompt, answer), "task": "mc", "meta": meta,
-                       "answers": [answer], "choices": options, "split": split, "question_id": index}
+        prompt = "\n".join(
+            [hint + row["question"].strip(), *(f"{k}. {v}" for k, v in options.items()), MC_SUFFIX]
+        )
+        meta = {
+            "source": SOURCE,
+            "index": int(index),
+            "circular_group": int(index) % 1_000_000,
+            "category": row.get("category"),
+            "l2-category": row.get("l2-category"),
+        }
+        json_record = {
+            "id": index,
+            "conversations": eval_turns(prompt, answer),
+            "task": "mc",
+            "meta": meta,
+            "answers": [answer],
+            "choices": options,
+            "split": split,
+            "question_id": index,
+        }
         return [{"__key__": safe_key(SOURCE, index), ext: data, "json": json_record}]
 
     yield from run_records(_rows(path), convert, stats, limit)

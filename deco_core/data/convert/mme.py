@@ -27,8 +27,18 @@ from deco_core.data.convert.vqav2 import with_suffix
 
 SOURCE = "mme"
 MME_YES_NO = "Please answer yes or no."
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                  "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
@@ -49,8 +59,14 @@ def _lines(root: Path, subtasks: Sequence[str]) -> Iterator[tuple[str, tuple[str
                 yield f"{subtask}:{n}", (subtask, n, line)
 
 
-def convert_mme(root: PathLike, *, split: str = "test", subtasks: Sequence[str] | None = None,
-                stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_mme(
+    root: PathLike,
+    *,
+    split: str = "test",
+    subtasks: Sequence[str] | None = None,
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield MME eval samples for `subtasks` (default: all found under `root`); skips counted in `stats`."""
     root = Path(root)
     if not root.is_dir():
@@ -76,10 +92,23 @@ def convert_mme(root: PathLike, *, split: str = "test", subtasks: Sequence[str] 
         ext, data = loader.load(path)
         prompt = with_suffix(question.replace(MME_YES_NO, "").strip())
         question_id = f"{subtask}/{image}/{line_no}"
-        meta = {"source": SOURCE, "subtask": subtask, "category": _category(subtask), "image": image,
-                "original_question": question}
-        json_record = {"id": question_id, "conversations": eval_turns(prompt, answer), "task": "mme", "meta": meta,
-                       "answers": [answer], "label": answer.lower(), "split": split, "question_id": question_id}
+        meta = {
+            "source": SOURCE,
+            "subtask": subtask,
+            "category": _category(subtask),
+            "image": image,
+            "original_question": question,
+        }
+        json_record = {
+            "id": question_id,
+            "conversations": eval_turns(prompt, answer),
+            "task": "mme",
+            "meta": meta,
+            "answers": [answer],
+            "label": answer.lower(),
+            "split": split,
+            "question_id": question_id,
+        }
         return [{"__key__": safe_key(SOURCE, subtask, f"{line_no:05d}"), ext: data, "json": json_record}]
 
     yield from run_records(_lines(root, list(subtasks or found)), convert, stats, limit)

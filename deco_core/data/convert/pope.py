@@ -33,14 +33,22 @@ def infer_pope_split(path: Path) -> str:
     """The POPE split named in a file name such as coco_pope_adversarial.json."""
     found = [s for s in POPE_SPLITS if s in path.name]
     if len(found) != 1:
-        raise ValueError(f"{path}: cannot tell the POPE split from the file name; pass pope_split= one of "
-                         f"{', '.join(POPE_SPLITS)}")
+        raise ValueError(
+            f"{path}: cannot tell the POPE split from the file name; pass pope_split= one of "
+            f"{', '.join(POPE_SPLITS)}"
+        )
     return found[0]
 
 
-def convert_pope(questions_file: PathLike, image_root: PathLike, *, pope_split: str | None = None,
-                 split: str = "test", stats: ConversionStats | None = None,
-                 limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_pope(
+    questions_file: PathLike,
+    image_root: PathLike,
+    *,
+    pope_split: str | None = None,
+    split: str = "test",
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield POPE eval samples from one jsonl file; broken lines and missing images are counted in `stats`."""
     path = Path(questions_file)
     if not path.is_file():
@@ -63,9 +71,16 @@ def convert_pope(questions_file: PathLike, image_root: PathLike, *, pope_split: 
         if label not in ("yes", "no"):
             raise SkipRecord("bad_label", f"label {record['label']!r}: expected yes or no")
         ext, data = loader.load(resolve_image(roots, relative))
-        json_record = {"id": str(qid), "conversations": eval_turns(with_suffix(text), label), "task": "pope",
-                       "meta": {"source": SOURCE, "image": relative, "pope_split": pope_split},
-                       "answers": [label], "label": label, "split": split, "question_id": str(qid)}
+        json_record = {
+            "id": str(qid),
+            "conversations": eval_turns(with_suffix(text), label),
+            "task": "pope",
+            "meta": {"source": SOURCE, "image": relative, "pope_split": pope_split},
+            "answers": [label],
+            "label": label,
+            "split": split,
+            "question_id": str(qid),
+        }
         return [{"__key__": safe_key(SOURCE, pope_split, f"{index:07d}"), ext: data, "json": json_record}]
 
     lines = path.read_text(encoding="utf-8").splitlines()

@@ -45,8 +45,10 @@ def _sentences(record: dict[str, Any]) -> list[str]:
 
 def normalised_xyxy(bbox: Any, width: float, height: float) -> list[float]:
     """COCO [x, y, w, h] pixels -> [x1, y1, x2, y2] in [0, 1]; SkipRecord('bad_bbox') if invalid."""
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
     ):
         raise SkipRecord("bad_record", f"bbox {bbox!r}: expected 4 numbers [x, y, w, h]")
     x, y, w, h = (float(v) for v in bbox)
@@ -56,8 +58,15 @@ def normalised_xyxy(bbox: Any, width: float, height: float) -> list[float]:
     return [min(max(v, 0.0), 1.0) for v in box]
 
 
-def convert_refcoco(annotation_file: PathLike, image_root: PathLike, *, split: str = "val", source: str = "refcoco",
-                    stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_refcoco(
+    annotation_file: PathLike,
+    image_root: PathLike,
+    *,
+    split: str = "val",
+    source: str = "refcoco",
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield one REC eval sample per referring sentence; `source` names the variant (refcoco+, refcocog)."""
     stats = stats if stats is not None else ConversionStats(source)
     records = load_json(annotation_file)
@@ -75,7 +84,9 @@ def convert_refcoco(annotation_file: PathLike, image_root: PathLike, *, split: s
         ext, data = loader.load(resolve_image(roots, relative))
         actual = Image.open(io.BytesIO(data)).size
         if actual != (int(width), int(height)):
-            raise SkipRecord("size_mismatch", f"{relative}: annotated {width}x{height}, file {actual[0]}x{actual[1]}")
+            raise SkipRecord(
+                "size_mismatch", f"{relative}: annotated {width}x{height}, file {actual[0]}x{actual[1]}"
+            )
         ref_id = str(record.get("ref_id", index))
         answer = box_text(box)
         samples = []
@@ -86,8 +97,17 @@ def convert_refcoco(annotation_file: PathLike, image_root: PathLike, *, split: s
                 "task": "rec", "meta": {"source": source, "image": relative, "expression": sentence},
                 "answers": [answer], "bbox": box, "split": split, "question_id": question_id,
             }  # fmt: skip
-            samples.append({"__key__": safe_key(source, f"{index:08d}", f"{k:02d}"), ext: data, "json": json_record})
+            samples.append(
+                {"__key__": safe_key(source, f"{index:08d}", f"{k:02d}"), ext: data, "json": json_record}
+            )
         return samples
 
-    yield from run_records(((str(record.get("ref_id", i)) if isinstance(record, dict) else str(i), record)
-                            for i, record in enumerate(records)), convert, stats, limit)
+    yield from run_records(
+        (
+            (str(record.get("ref_id", i)) if isinstance(record, dict) else str(i), record)
+            for i, record in enumerate(records)
+        ),
+        convert,
+        stats,
+        limit,
+    )

@@ -43,21 +43,33 @@ def _list_field(path: PathLike, key: str) -> list[Any]:
 
 def _answers(annotation: dict[str, Any]) -> list[str]:
     raw = annotation.get("answers")
-    if not isinstance(raw, list) or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw):
+    if not isinstance(raw, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw
+    ):
         raise SkipRecord("bad_record", "answers: expected a list of {'answer': str, 'answer_id': int}")
     if not raw:
         raise SkipRecord("missing_answer", "empty answers list")
     return [a["answer"] for a in raw]
 
 
-def convert_vqav2(questions_file: PathLike, annotations_file: PathLike, image_root: PathLike, *,
-                  split: str = "val", image_pattern: str = "COCO_val2014_{image_id:012d}.jpg",
-                  stats: ConversionStats | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def convert_vqav2(
+    questions_file: PathLike,
+    annotations_file: PathLike,
+    image_root: PathLike,
+    *,
+    split: str = "val",
+    image_pattern: str = "COCO_val2014_{image_id:012d}.jpg",
+    stats: ConversionStats | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield VQA eval samples joined by question_id; unmatched or broken records are counted in `stats`."""
     stats = stats if stats is not None else ConversionStats(SOURCE)
     questions = _list_field(questions_file, "questions")
-    by_qid = {a["question_id"]: a for a in _list_field(annotations_file, "annotations")
-              if isinstance(a, dict) and "question_id" in a}
+    by_qid = {
+        a["question_id"]: a
+        for a in _list_field(annotations_file, "annotations")
+        if isinstance(a, dict) and "question_id" in a
+    }
     loader = ImageLoader()
 
     def convert(index: int, question: Any) -> list[dict[str, Any]]:
@@ -71,11 +83,24 @@ def convert_vqav2(questions_file: PathLike, annotations_file: PathLike, image_ro
         best = annotation.get("multiple_choice_answer")
         best = best if isinstance(best, str) and best else max(set(answers), key=answers.count)
         ext, data = loader.load(Path(image_root) / image_pattern.format(image_id=image_id))
-        meta = {"source": SOURCE, "image_id": image_id, "answer_type": annotation.get("answer_type"),
-                "question_type": annotation.get("question_type")}
-        json_record = {"id": str(qid), "conversations": eval_turns(with_suffix(text), best), "task": "vqa",
-                       "meta": meta, "answers": answers, "split": split, "question_id": str(qid)}
+        meta = {
+            "source": SOURCE,
+            "image_id": image_id,
+            "answer_type": annotation.get("answer_type"),
+            "question_type": annotation.get("question_type"),
+        }
+        json_record = {
+            "id": str(qid),
+            "conversations": eval_turns(with_suffix(text), best),
+            "task": "vqa",
+            "meta": meta,
+            "answers": answers,
+            "split": split,
+            "question_id": str(qid),
+        }
         return [{"__key__": safe_key(SOURCE, f"{index:09d}"), ext: data, "json": json_record}]
 
-    records = ((str(q.get("question_id", i)) if isinstance(q, dict) else str(i), q) for i, q in enumerate(questions))
+    records = (
+        (str(q.get("question_id", i)) if isinstance(q, dict) else str(i), q) for i, q in enumerate(questions)
+    )
     yield from run_records(records, convert, stats, limit)
