@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,7 +27,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     setup_logging(level=logging.DEBUG if verbose else None)
 
 
-def load_config(config: str | Path, overrides: Optional[list[str]]):
+def load_config(config: str | Path, overrides: list[str] | None):
     """Compose a config, turning config errors into a clean CLI error."""
     from deco_core.config import ConfigError, compose
 
@@ -40,7 +39,7 @@ def load_config(config: str | Path, overrides: Optional[list[str]]):
 
 
 @model_app.command("summary")
-def model_summary(config: str = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+def model_summary(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES_ARG) -> None:
     """Per-module parameter counts (trainable / frozen per stage) and the visual token count."""
     from deco_core.model.deco import DecoModel
 
@@ -66,9 +65,7 @@ def register_subcommands() -> None:
     """Attach the sub-apps that live in other modules (kept lazy so `deco --help` stays fast)."""
     import importlib
 
-    for module, name in (("deco_core.cli_data", "data"), ("deco_core.cli_train", "train"),
-                         ("deco_core.cli_eval", "eval"), ("deco_core.cli_analyze", "analyze"),
-                         ("pipelines.cli", "pipeline")):
+    for module in ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze", "pipelines.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

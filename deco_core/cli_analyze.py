@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -95,7 +95,7 @@ def relevance_command(
     model: str = typer.Option(..., "--model", "-m", help="Exported model folder (local or s3://)."),
     image: Path = typer.Option(..., "--image", "-i", help="Image file (PNG/JPEG)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User question; '<image>\\n' is prepended if absent."),
-    answer: Optional[str] = typer.Option(None, "--answer", "-a", help="Answer to explain (default: generate)."),
+    answer: str | None = typer.Option(None, "--answer", "-a", help="Answer to explain (default: generate)."),
     out: Path = typer.Option(Path("runs/analysis"), "--out", "-o", help="Output folder."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="Generation budget when --answer is absent."),
 ) -> None:

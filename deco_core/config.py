@@ -161,6 +161,8 @@ class EvalConfig:
     cpus_per_actor: float = 1.0
     limit: int | None = None
     worst_cases: int = 8
+    data: dict[str, str] = field(default_factory=dict)  # task -> shard URI (public benchmarks converted to shards)
+    seed: int = 1234  # ShapesWorld eval set seed (a frozen eval set: same seed -> same questions)
 
 
 @dataclass

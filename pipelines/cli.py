@@ -1,0 +1,134 @@
+"""``deco pipeline run|status|submit``, ``deco train pretrain|finetune`` and ``deco retrain``."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+log = logging.getLogger(__name__)
+pipeline_app = typer.Typer(help="The stage DAG: run, inspect, submit to a cluster.", no_args_is_help=True)
+train_app = typer.Typer(help="Run one training stage (and any upstream stage not done yet).", no_args_is_help=True)
+CONFIG_OPT = typer.Option("conf/pipeline/tiny.yaml", "--config", "-c", help="Pipeline config file or conf ref.")
+OVERRIDES = typer.Argument(None, help="Overrides such as finetune.max_steps=200 or model.projector=qformer.")
+
+
+def _compose(config: str, overrides: list[str] | None):
+    from deco_core.cli import load_config
+
+    return load_config(config, overrides)
+
+
+def results_table(reports) -> Table:
+    table = Table(title="workflow")
+    for col in ("stage", "status", "seconds", "key outputs"):
+        table.add_column(col)
+    for r in reports:
+        keys = [f"{k}={v}" for k, v in r.outputs.items()
+                if k in ("model", "steps", "final_loss", "val_loss", "report", "version", "out_dir")
+                or k.startswith(("eval/group", "locality", "lift", "pointing"))]
+        table.add_row(r.name, r.status, f"{r.seconds:.0f}" if r.seconds else "-", "\n".join(keys))
+    return table
+
+
+def _where_to_look(cfg, wf) -> None:
+    console.print(f"outputs under [bold]{cfg.pipeline.root}[/bold]; MLflow: [bold]{wf.tracking_uri}[/bold]")
+    if wf.tracking_uri.startswith("sqlite:"):
+        console.print(f"browse runs: mlflow ui --backend-store-uri {wf.tracking_uri} --host 127.0.0.1 --port 5000")
+
+
+@pipeline_app.command("run")
+def run(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
+        stages: str | None = typer.Option(None, help="Comma-separated stages to run (default: all)."),
+        force: bool = typer.Option(False, help="Rerun stages even when their outputs are cached.")) -> None:
+    """Run the workflow: completed stages with matching fingerprints are skipped."""
+    from pipelines.workflow import Workflow
+
+    cfg = _compose(config, overrides)
+    wf = Workflow(cfg)
+    reports = wf.run(only=stages.split(",") if stages else None, force=force)
+    console.print(results_table(reports))
+    _where_to_look(cfg, wf)
+
+
+@pipeline_app.command("status")
+def status(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) -> None:
+    """Show each stage's state (done / stale / failed / running / pending) and its outputs."""
+    from pipelines.workflow import Workflow
+
+    wf = Workflow(_compose(config, overrides))
+    table = Table(title=f"pipeline {wf.cfg.pipeline.name} ({wf.cfg.pipeline.root})")
+    for col in ("stage", "state", "fingerprint", "outputs"):
+        table.add_column(col)
+    colours = {"done": "green", "stale": "yellow", "failed": "red", "running": "cyan"}
+    for row in wf.status():
+        outs = "\n".join(f"{k}={v}" for k, v in row["outputs"].items() if isinstance(v, str) and "/" in v)
+        c = colours.get(row["status"], "white")
+        table.add_row(row["stage"], f"[{c}]{row['status']}[/{c}]", row["fingerprint"], outs)
+    console.print(table)
+
+
+@pipeline_app.command("submit")
+def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
+           address: str = typer.Option(..., help="Ray dashboard address, e.g. http://HEAD:8265."),
+           stages: str | None = typer.Option(None, help="Comma-separated stages (default: all)."),
+           wait: bool = typer.Option(True, help="Stream logs and wait for each job.")) -> None:
+    """Run the stages as Ray Jobs on a cluster, one job per stage, in order."""
+    from pipelines.submit import submit_pipeline
+
+    cfg = _compose(config, overrides)
+    jobs = submit_pipeline(address, config, overrides or [], stages.split(",") if stages else cfg.pipeline.stages,
+                           wait=wait)
+    table = Table(title=f"jobs on {address}")
+    for col in ("stage", "job id", "status"):
+        table.add_column(col)
+    for job in jobs:
+        table.add_row(job.stage, job.job_id, job.status)
+    console.print(table)
+    if any(j.status == "FAILED" for j in jobs):
+        raise typer.Exit(1)
+
+
+def _train(stage: str, config: str, overrides: list[str] | None) -> None:
+    from pipelines.workflow import Workflow
+
+    cfg = _compose(config, overrides)
+    upstream = {"pretrain": ["prepare_data", "pretrain"], "finetune": ["prepare_data", "pretrain", "finetune"]}
+    wf = Workflow(cfg)
+    reports = wf.run(only=upstream[stage])
+    out = reports[-1].outputs
+    t = getattr(cfg, stage)
+    table = Table(title=f"{stage} summary")
+    table.add_column("field")
+    table.add_column("value")
+    for key in ("steps", "final_loss", "val_loss", "wall_s", "model", "checkpoint", "mlflow_run"):
+        table.add_row(key, str(out.get(key)))
+    if out.get("wall_s"):
+        table.add_row("samples/s", f"{out['steps'] * t.global_batch_size / out['wall_s']:.1f} (incl. startup)")
+    console.print(table)
+    _where_to_look(cfg, wf)
+
+
+@train_app.command("pretrain")
+def pretrain(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) -> None:
+    """Alignment stage (plain template on captions)."""
+    _train("pretrain", config, overrides)
+
+
+@train_app.command("finetune")
+def finetune(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) -> None:
+    """Instruction stage (vicuna_v1), from the pretrain export."""
+    _train("finetune", config, overrides)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(train_app, name="train")
+    try:
+        from pipelines.retrain import register as register_retrain
+    except ModuleNotFoundError:
+        return
+    register_retrain(app)

@@ -1,0 +1,54 @@
+"""Process-level runtime for pipeline entry points: Ray initialisation (local in-process or a cluster address)
+with the environment our workers need, and quiet defaults for progress bars and usage stats."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from deco_core.config import Config
+
+log = logging.getLogger(__name__)
+WORKER_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment for Ray workers: CPU DeepSpeed unless training on GPUs; secrets pass through from the env."""
+    env = dict(WORKER_ENV)
+    if cfg.pretrain.use_gpu or cfg.finetune.use_gpu:
+        env.pop("DS_ACCELERATOR")
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "4")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                 "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    env.update({k: str(v) for k, v in cfg.ray.runtime_env.get("env_vars", {}).items()})
+    return env
+
+
+def ensure_ray(cfg: Config) -> None:
+    """ray.init once per process: in-process local Ray (logical CPUs, bounded object store) or ``ray.address``."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if ray.is_initialized():
+        return
+    env = worker_env(cfg)
+    in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
+    if cfg.ray.address or in_job:
+        # Inside a submitted job the job's runtime_env already applies; merging another one is refused.
+        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS", "auto"),
+                 runtime_env=None if in_job else {"env_vars": env}, log_to_driver=True)
+        log.info("connected to Ray cluster at %s", cfg.ray.address or "auto")
+        return
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+             object_store_memory=cfg.ray.object_store_memory_mb * 1024**2 or None,
+             runtime_env={"env_vars": env}, log_to_driver=True)
+    log.info("started local Ray with %s logical CPUs", cfg.ray.num_cpus)

@@ -1,0 +1,38 @@
+"""Shared pieces of the stage entry points: ``python -m pipelines.stages.<stage> --config ... [overrides]``
+runs that one stage of the workflow (its upstream stages must be complete), which is how cluster submission
+runs stages as separate Ray Jobs."""
+
+from __future__ import annotations
+
+import argparse
+
+from deco_core.config import Config
+from deco_core.data.storage import join_uri
+from deco_core.logs import setup_logging
+
+
+def train_sources(cfg: Config, stage: str, prepared: dict) -> tuple[list[tuple[str, float]], str | None]:
+    """(sources, validation URI) for a training stage: configured sources, else the prepared ShapesWorld shards."""
+    configured = cfg.data.pretrain_sources if stage == "pretrain" else cfg.data.finetune_sources
+    if configured:
+        return [(s.uri, s.weight) for s in configured], None
+    return [(prepared[stage], 1.0)], prepared.get(f"val_{stage}")
+
+
+def ray_storage(cfg: Config) -> str:
+    """Where Ray Train keeps checkpoints for every stage of this pipeline."""
+    return join_uri(cfg.pipeline.root, "ray")
+
+
+def stage_main(stage: str) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.stages.{stage}",
+                                     description=f"Run the workflow stage '{stage}' (upstream stages must be done).")
+    parser.add_argument("--config", "-c", default="pipeline/tiny")
+    parser.add_argument("--force", action="store_true", help="rerun even if a completed output matches")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    setup_logging()
+    from deco_core.config import compose
+    from pipelines.workflow import Workflow
+
+    Workflow(compose(args.config, args.overrides)).run(only=[stage], force=args.force)

@@ -1,0 +1,47 @@
+"""Stage evaluate: batch generation on Ray Data actors over a frozen eval set, scores to MLflow + a report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deco_core.data.storage import join_uri
+from pipelines.runtime import ensure_ray
+from pipelines.stages.common import stage_main
+
+
+def eval_data(cfg) -> dict[str, str]:
+    """Task -> shard URI: configured URIs, plus ShapesWorld eval shards (built once per seed and size)."""
+    from deco_core.data.shards import read_manifest
+    from deco_core.eval.runner import build_shapes_eval_shards, shapes_tasks
+
+    uris = dict(cfg.eval.data)
+    shapes = [t for t in cfg.eval.tasks if t not in uris and t in shapes_tasks()]
+    if shapes:
+        root = join_uri(cfg.pipeline.root, "eval_data", f"seed{cfg.eval.seed}-n{cfg.data.eval_samples}")
+        for task in list(shapes):
+            try:
+                read_manifest(join_uri(root, task), cfg.data.storage)
+                uris[task] = join_uri(root, task)
+                shapes.remove(task)
+            except (FileNotFoundError, OSError):
+                pass
+        if shapes:
+            uris.update(build_shapes_eval_shards(root, cfg.data.eval_samples, cfg.eval.seed, shapes,
+                                                 storage=cfg.data.storage))
+    return uris
+
+
+def run(ctx) -> dict[str, Any]:
+    from deco_core.eval.runner import evaluate
+
+    cfg = ctx.cfg
+    ensure_ray(cfg)
+    model = ctx.inputs["finetune"]["model"]
+    result = evaluate(model, cfg.eval.tasks, eval_data(cfg), ctx.out_uri(), cfg.eval, cfg.tracking,
+                      storage=cfg.data.storage, run_id=ctx.run_id)
+    return {"model": model, "report": result["report"], "predictions": result["predictions"],
+            **{k: round(v, 4) for k, v in result["metrics"].items() if not k.endswith("n_errors")}}
+
+
+if __name__ == "__main__":
+    stage_main("evaluate")
