@@ -76,3 +76,7 @@ def register_subcommands() -> None:
 
 
 register_subcommands()
+
+
+if __name__ == "__main__":
+    app()

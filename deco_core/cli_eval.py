@@ -1,7 +1,7 @@
 """`deco eval`: evaluate an exported model on registered tasks through Ray Data actors, print a score table.
 
-ShapesWorld tasks without `--data` get a frozen eval set built under `<out>/data` (config `data.eval_samples`,
-`data.shapes.seed`); public benchmarks need `--data TASK=URI` pointing at converted shards.
+ShapesWorld tasks without data get a frozen eval set built under `<out>/data` (config `data.eval_samples`,
+`eval.seed`); public benchmarks need converted shards: `--data TASK=URI` or config `eval.data`.
 Example: deco eval --model runs/tiny/finetune/model --tasks shapes-vqa,shapes-rec --out runs/tiny/eval
 """
 
@@ -85,7 +85,7 @@ def eval_command(
     except KeyError as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2) from None
-    data_uris = parse_data_args(data)
+    data_uris = {**cfg.eval.data, **parse_data_args(data)}
     missing_public = [t.name for t in task_objs if t.name not in data_uris and not t.shapes_stream]
     if missing_public:
         console.print(f"[red]error:[/red] no --data TASK=URI for {missing_public} (public benchmarks need "
@@ -96,7 +96,7 @@ def eval_command(
     to_build = [t.name for t in task_objs if t.name not in data_uris]
     if to_build:
         console.print(f"building the frozen ShapesWorld eval set for {to_build} under {out / 'data'}")
-        data_uris.update(build_shapes_eval_shards(str(out / "data"), cfg.data.eval_samples, cfg.data.shapes.seed,
+        data_uris.update(build_shapes_eval_shards(str(out / "data"), cfg.data.eval_samples, cfg.eval.seed,
                                                   to_build, storage=cfg.data.storage))
     if tracking_uri:
         cfg.tracking.tracking_uri, track = tracking_uri, True

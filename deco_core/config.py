@@ -197,6 +197,23 @@ class PipelineConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """Scheduled retraining (pipelines/retrain.py): how a fresh challenger is trained and judged.
+
+    ``metric`` is any flat eval metric key; the challenger is promoted iff it beats the champion by at least
+    ``margin`` in the direction of ``higher_is_better``. ``init``: ``champion`` finetunes from the current
+    champion's export, ``scratch`` runs pretrain + finetune from scratch. Fresh data per round:
+    ``data.shapes.seed + data_seed_offset × round`` (round = 1 + versions already registered; 0 = same data).
+    """
+
+    metric: str = "eval/group/localization"
+    margin: float = 0.01
+    init: str = "champion"  # champion | scratch
+    data_seed_offset: int = 1
+    higher_is_better: bool = True
+
+
+@dataclass
 class Config:
     """The whole resolved configuration of a run."""
 
@@ -211,6 +228,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 
 # ------------------------------------------------------------------------------------------ composition

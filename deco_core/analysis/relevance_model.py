@@ -96,6 +96,8 @@ def build_inputs(model, pixels: np.ndarray, prompt: str, answer: str | None = No
     prefix = tokenize_segments([Segment(prompt_text(prompt), False)], tok, model.image_token_id,
                                model.num_image_tokens, max_length, has_image=True).input_ids
     if answer_ids is None:
+        if not (answer or "").strip():
+            raise ValueError("relevance: the answer is empty; nothing to explain")
         answer_text = f" {(answer or '').strip()}"
         enc = tok(answer_text, add_special_tokens=False)
         answer_ids = list(enc["input_ids"])

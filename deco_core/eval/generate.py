@@ -1,9 +1,9 @@
 """Batch inference for evaluation: left-padded greedy generation, in-process or on a Ray Data actor pool.
 
-`generate_local` runs one process over an iterable of raw shard records (tests, analysis);
-`run_generation_tasks` streams the shards of all tasks through `ray.data.read_webdataset` into one pool of
-`GenerationActor`s (each loads the model once) and writes one parquet row per question: question_id, task, key, shard, prompt, prediction, references (JSON), score, error.
-A record that cannot be decoded is not dropped: it gets an empty prediction, score 0 and its error reason.
+`generate_local` runs one process over raw shard records (tests, analysis); `run_generation_tasks` streams the
+shards of all tasks through `ray.data.read_webdataset` into one pool of `GenerationActor`s (each loads the model
+once) and writes one parquet row per question (OUTPUT_COLUMNS). A record that cannot be decoded is not dropped:
+it gets an empty prediction, score 0 and its error reason.
 """
 
 from __future__ import annotations

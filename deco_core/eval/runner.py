@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from deco_core.config import EvalConfig, TrackingConfig, to_dict
 from deco_core.data.shards import iter_samples, read_manifest, write_shards
-from deco_core.data.storage import StorageConfig, join_uri
+from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, join_uri, with_retries
 from deco_core.eval.generate import run_generation_tasks
 from deco_core.eval.report import WorstCase, write_report
 from deco_core.eval.tasks import TASKS, get_task, group_scores
@@ -145,49 +146,72 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
     return run_id
 
 
-def _write_predictions(all_rows: list[dict[str, Any]], path: Path) -> Path:
-    pq.write_table(pa.Table.from_pylist(all_rows), path)
-    return path
+def score_tasks(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str], work: Path, cfg: EvalConfig,
+                storage: StorageConfig | None, num_gpus: float = 0.0) -> tuple[dict, dict, list[dict[str, Any]]]:
+    """Generate answers for all tasks in one actor pool, then score: (task scores, worst cases, all rows)."""
+    task_objs = [get_task(t) for t in tasks]
+    gen_dir = work / "generations"
+    run_generation_tasks(model_uri, {t.name: data_uris[t.name] for t in task_objs}, str(gen_dir), cfg, storage,
+                         num_gpus)
+    all_rows = read_predictions(gen_dir)
+    task_scores: dict[str, dict[str, float]] = {}
+    worst: dict[str, list[WorstCase]] = {}
+    for task in task_objs:
+        rows = [r for r in all_rows if r["task"] == task.name]
+        task_scores[task.name] = task.score(rows)
+        task_scores[task.name]["n_errors"] = float(sum(bool(r.get("error")) for r in rows))
+        logger.info("eval %s: %s", task.name, {k: round(v, 4) for k, v in task_scores[task.name].items()})
+        worst[task.name] = worst_cases(task.name, rows, cfg.worst_cases, data_uris[task.name], storage)
+    return task_scores, worst, all_rows
 
 
 def evaluate(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str], out_dir: str | Path,
              cfg: EvalConfig, tracking: TrackingConfig | None = None, storage: StorageConfig | None = None,
              run_id: str | None = None, num_gpus: float = 0.0) -> dict[str, Any]:
-    """Run every task, score it, write predictions.parquet + report/, and log to MLflow when `tracking` is given.
+    """Run every task, score it, write predictions.parquet + scores.json + report/ under `out_dir` (a local folder
+    or an s3:// URI: then everything is written locally first and uploaded), and log to MLflow when `tracking`
+    or `run_id` is given (metrics `eval/<task>/<metric>`, `eval/group/<group>`; artifacts under `eval/`).
 
     Returns {"tasks": {task: {metric: value}}, "groups": {group: mean primary}, "metrics": flat MLflow keys,
-    "predictions": parquet path, "report": HTML path, "run_id": MLflow run id or None}.
+    "predictions": parquet URI, "report": HTML URI, "run_id": MLflow run id or None}.
     """
-    out = Path(out_dir)
     missing = [t for t in tasks if t not in data_uris]
     if missing:
         raise ValueError(f"no data URI for eval task(s) {missing}; give --data TASK=URI (have: {sorted(data_uris)})")
-    task_objs = [get_task(t) for t in tasks]
-    task_scores: dict[str, dict[str, float]] = {}
-    worst: dict[str, list[WorstCase]] = {}
-    gen_dir = out / "generations"
-    run_generation_tasks(model_uri, {t.name: data_uris[t.name] for t in task_objs}, str(gen_dir), cfg, storage,
-                         num_gpus)
-    all_rows = read_predictions(gen_dir)
-    for task in task_objs:
-        rows = [r for r in all_rows if r["task"] == task.name]
-        task_scores[task.name] = task.score(rows)
-        n_err = sum(bool(r.get("error")) for r in rows)
-        task_scores[task.name]["n_errors"] = float(n_err)
-        logger.info("eval %s: %s", task.name, {k: round(v, 4) for k, v in task_scores[task.name].items()})
-        worst[task.name] = worst_cases(task.name, rows, cfg.worst_cases, data_uris[task.name], storage)
-    groups = group_scores(task_scores)
-    predictions = _write_predictions(all_rows, out / "predictions.parquet")
-    (out / "scores.json").write_text(json.dumps({"tasks": task_scores, "groups": groups}, indent=2))
-    header = {"model": model_uri, **{f"data {t}": u for t, u in data_uris.items() if t in tasks}}
-    paths = write_report(out / "report", task_scores, groups, {t.name: t.group for t in task_objs},
-                         {t.name: t.primary for t in task_objs}, worst, header)
-    metrics = flat_metrics(task_scores, groups)
-    logged_run = None
-    if tracking is not None or run_id is not None:
-        params = {f"eval.{k}": v for k, v in to_dict(cfg).items()} | {"eval.model_uri": model_uri}
-        logged_run = log_to_mlflow(metrics, {"eval": predictions, "eval/report": out / "report",
-                                             "eval/scores": out / "scores.json"},
-                                   tracking or TrackingConfig(), out, params, run_id)
-    return {"tasks": task_scores, "groups": groups, "metrics": metrics, "predictions": str(predictions),
-            "report": str(paths["html"]), "run_id": logged_run}
+    for name in tasks:
+        get_task(name)
+    remote = is_remote(str(out_dir))
+    with tempfile.TemporaryDirectory(prefix="deco-eval-") as tmp:
+        out = Path(tmp) if remote else Path(get_filesystem(str(out_dir))[1])
+        task_scores, worst, all_rows = score_tasks(model_uri, tasks, data_uris, out, cfg, storage, num_gpus)
+        groups = group_scores(task_scores)
+        pq.write_table(pa.Table.from_pylist(all_rows), out / "predictions.parquet")
+        (out / "scores.json").write_text(json.dumps({"tasks": task_scores, "groups": groups}, indent=2))
+        header = {"model": model_uri, **{f"data {t}": data_uris[t] for t in tasks}}
+        write_report(out / "report", task_scores, groups, {t: get_task(t).group for t in tasks},
+                     {t: get_task(t).primary for t in tasks}, worst, header)
+        metrics = flat_metrics(task_scores, groups)
+        logged_run = None
+        if tracking is not None or run_id is not None:
+            params = {f"eval.{k}": v for k, v in to_dict(cfg).items()} | {"eval.model_uri": model_uri}
+            artifacts = {"eval": out / "predictions.parquet", "eval/report": out / "report",
+                         "eval/scores": out / "scores.json"}
+            logged_run = log_to_mlflow(metrics, artifacts, tracking or TrackingConfig(),
+                                       Path.cwd() if remote else out, params, run_id)
+        if remote:
+            _upload(out, str(out_dir), storage)
+    base = str(out_dir) if remote else str(out)
+    return {"tasks": task_scores, "groups": groups, "metrics": metrics,
+            "predictions": join_uri(base, "predictions.parquet"), "report": join_uri(base, "report", "report.html"),
+            "run_id": logged_run}
+
+
+def _upload(local: Path, uri: str, storage: StorageConfig | None) -> None:
+    """Copy the local result folder (without the Ray generation parts) to `uri`."""
+    fs, path = get_filesystem(uri, storage)
+    uploads = [(str(local / "predictions.parquet"), f"{path}/predictions.parquet", False),
+               (str(local / "scores.json"), f"{path}/scores.json", False),
+               (f"{local / 'report'}/", f"{path}/report", True)]  # trailing '/': copy the folder's contents
+    for src, dst, recursive in uploads:
+        with_retries(lambda s=src, d=dst, r=recursive: fs.put(s, d, recursive=r), f"upload {src}", storage, uri=uri)
+    logger.info("uploaded the eval results to %s", uri)

@@ -86,18 +86,20 @@ service_pid() {
     pid="$(<"$file")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    cmdline="$(ps -p "$pid" -o args= 2>/dev/null || true)"
+    cmdline="$(ps -ww -p "$pid" -o args= 2>/dev/null || true)"
     [[ "$cmdline" == *"$(service_marker "$1")"* ]] || return 1
     printf '%s\n' "$pid"
 }
 
+# http_ok URL [SECONDS]: true when URL answers HTTP 200 within SECONDS (default 3).
 http_ok() {
+    local max_time="${2:-3}"
     if command -v curl >/dev/null 2>&1; then
-        curl -fsS -o /dev/null --max-time 3 "$1" 2>/dev/null
+        curl -fsS -o /dev/null --max-time "$max_time" "$1" 2>/dev/null
     else
-        "$(bin_path python3 || echo python3)" - "$1" <<'PY' 2>/dev/null
+        "$(bin_path python3 || echo python3)" - "$1" "$max_time" <<'PY' 2>/dev/null
 import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
     sys.exit(0 if r.status == 200 else 1)
 PY
     fi

@@ -12,7 +12,7 @@ main() {
     for name in "${SERVICES[@]}"; do
         if pid="$(service_pid "$name")"; then
             state=running
-            if http_ok "$(health_url "$name")"; then health=ok; else health=failing rc=3; fi
+            if http_ok "$(health_url "$name")" 10; then health=ok; else health=failing rc=3; fi
         else
             state=stopped pid=- health=- rc=3
             [[ -f "$(pid_file "$name")" ]] && state=stale

@@ -32,12 +32,15 @@ def eval_data(cfg) -> dict[str, str]:
 
 
 def run(ctx) -> dict[str, Any]:
+    from dataclasses import replace
+
     from deco_core.eval.runner import evaluate
 
     cfg = ctx.cfg
     ensure_ray(cfg)
     model = ctx.inputs["finetune"]["model"]
-    result = evaluate(model, cfg.eval.tasks, eval_data(cfg), ctx.out_uri(), cfg.eval, cfg.tracking,
+    tracking = replace(cfg.tracking, tracking_uri=ctx.tracking_uri)  # log into the workflow's store
+    result = evaluate(model, cfg.eval.tasks, eval_data(cfg), ctx.out_uri(), cfg.eval, tracking,
                       storage=cfg.data.storage, run_id=ctx.run_id)
     return {"model": model, "report": result["report"], "predictions": result["predictions"],
             **{k: round(v, 4) for k, v in result["metrics"].items() if not k.endswith("n_errors")}}

@@ -86,16 +86,37 @@ def test_eval_job_on_ray_actors_is_complete_deterministic_and_logged(
     assert second["run_id"] is None
 
 
-def test_eval_limit_caps_questions(ray_local, untrained_model_dir, tmp_path) -> None:
-    """`eval.limit` caps the number of questions generated and scored per task."""
+def test_eval_limit_caps_questions_and_results_go_to_s3(ray_local, untrained_model_dir, tmp_path, s3_server,
+                                                       s3_bucket) -> None:
+    """`eval.limit` caps the questions per task, and an s3:// output folder receives predictions and report."""
+    from deco_core.data.storage import get_filesystem
     from deco_core.eval.runner import build_shapes_eval_shards, evaluate
 
     data = build_shapes_eval_shards(str(tmp_path / "data"), n=30, seed=1, tasks=["shapes-mc"])
     cfg = _eval_cfg(1)
-    cfg.limit, cfg.worst_cases = 7, 0
-    result = evaluate(untrained_model_dir, ["shapes-mc"], data, tmp_path / "out", cfg)
+    cfg.limit, cfg.worst_cases = 7, 1
+    out = f"{s3_bucket}/eval/run1"
+    result = evaluate(untrained_model_dir, ["shapes-mc"], data, out, cfg, storage=s3_server.storage)
     assert result["tasks"]["shapes-mc"]["n"] == 7
-    assert pq.read_table(result["predictions"]).num_rows == 7
+    assert result["predictions"] == f"{out}/predictions.parquet"
+    fs, path = get_filesystem(out, s3_server.storage)
+    with fs.open(f"{path}/predictions.parquet", "rb") as f:
+        assert pq.read_table(f).num_rows == 7
+    assert fs.exists(f"{path}/report/report.html") and fs.exists(f"{path}/report/images/shapes-mc_00.png")
+
+
+def test_deco_eval_command_prints_scores(ray_local, untrained_model_dir, tmp_path) -> None:
+    """`deco eval` builds the missing ShapesWorld eval set, evaluates and prints the score table and report path."""
+    from typer.testing import CliRunner
+
+    from deco_core.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--model", untrained_model_dir, "--tasks", "shapes-mc,shapes-pope",
+                                      "--out", str(tmp_path / "out"), "data.eval_samples=12", "eval.worst_cases=1"])
+    assert result.exit_code == 0, result.output
+    assert "shapes-mc" in result.output and "MLLM benchmarks" in result.output
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
+    assert read_manifest(str(tmp_path / "out" / "data" / "shapes-pope")).total_samples == 12
 
 
 @pytest.mark.slow
@@ -106,3 +127,24 @@ def test_eval_job_at_2000_questions(ray_local, untrained_model_dir, tmp_path) ->
     data = build_shapes_eval_shards(str(tmp_path / "data"), n=500, seed=2, tasks=TASKS, samples_per_shard=250)
     assert sum(read_manifest(u).total_samples for u in data.values()) >= 2000
     _check_run(evaluate(untrained_model_dir, TASKS, data, tmp_path / "out", _eval_cfg(2)), data)
+
+
+def test_model_and_eval_shards_on_s3(untrained_model_dir, s3_server, s3_bucket) -> None:
+    """A model and frozen eval shards on an S3 endpoint load and answer like their local copies."""
+    from deco_core.data.shards import iter_samples
+    from deco_core.data.storage import get_filesystem
+    from deco_core.eval.generate import generate_local, load_model
+    from deco_core.eval.runner import build_shapes_eval_shards, worst_cases
+
+    storage = s3_server.storage
+    fs, path = get_filesystem(f"{s3_bucket}/model", storage)
+    fs.put(untrained_model_dir.rstrip("/") + "/", path, recursive=True)
+    data = build_shapes_eval_shards(f"{s3_bucket}/eval", n=6, seed=0, tasks=["shapes-pope"], storage=storage)
+    remote = load_model(f"{s3_bucket}/model", storage)
+    local = load_model(untrained_model_dir)
+    records = list(iter_samples(data["shapes-pope"], storage))
+    rows = generate_local(remote, records, "shapes-pope", batch_size=6, max_new_tokens=4)
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in
+                                               generate_local(local, records, "shapes-pope", max_new_tokens=4)]
+    cases = worst_cases("shapes-pope", rows, 2, data["shapes-pope"], storage)
+    assert len(cases) == 2 and all(c.image_png for c in cases)

@@ -120,8 +120,11 @@ def services_env() -> Iterator[dict[str, str]]:
         "DECO_RAY_OBJECT_STORE_BYTES": str(128 * 1024**2),
         "DECO_READY_TIMEOUT": "120",
     }
-    for name in ("MLFLOW", "S3", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT"):
-        env[f"DECO_{name}_PORT"] = str(free_port())
+    names = ("MLFLOW", "S3", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT")
+    ports: set[int] = set()
+    while len(ports) < len(names):  # distinct, in case the kernel hands out a port twice
+        ports.add(free_port())
+    env.update({f"DECO_{name}_PORT": str(port) for name, port in zip(names, sorted(ports), strict=True)})
     try:
         yield env
     finally:

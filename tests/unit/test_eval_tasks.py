@@ -171,7 +171,7 @@ def test_left_padded_batches_match_one_by_one_generation(tiny_model) -> None:
     from deco_core.data.shapes import eval_mc_samples, eval_rec_samples, eval_vqa_samples
     from deco_core.eval.generate import encode_prompts, generate_local
 
-    records = list(eval_mc_samples(3, seed=1)) + list(eval_vqa_samples(3, seed=1)) + list(eval_rec_samples(2, seed=1))
+    records = list(eval_mc_samples(2, seed=1)) + list(eval_vqa_samples(2, seed=1)) + list(eval_rec_samples(2, seed=1))
     ids, mask = encode_prompts(tiny_model, [get_task("shapes-vqa").build_prompt(r["json"]) for r in records])
     assert mask[:, 0].tolist().count(0) > 0 and mask[:, -1].all()  # pads on the left, real tokens end every row
     batched = generate_local(tiny_model, records, "shapes-vqa", batch_size=len(records), max_new_tokens=6)
@@ -205,3 +205,20 @@ def test_report_writes_tables_chart_and_worst_case_images(tmp_path) -> None:
     page = paths["html"].read_text()
     assert "&lt;b&gt;blue&lt;/b&gt;" in page and "<b>blue</b>" not in page
     assert "| shapes-vqa | open-ended VQA | accuracy | 0.5000 |" in paths["markdown"].read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tasks", "shapes-vqa2"], "valid: shapes-vqa"),
+    (["--tasks", "vqav2"], "no --data TASK=URI for ['vqav2']"),
+    (["--tasks", "shapes-vqa", "--data", "shapes-vqa"], "expected TASK=URI"),
+])
+def test_deco_eval_rejects_bad_arguments_before_any_work(args: list[str], message: str, tmp_path) -> None:
+    """`deco eval` exits non-zero naming the problem for unknown tasks, missing public data or a bad --data."""
+    from typer.testing import CliRunner
+
+    from deco_core.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--model", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code != 0
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()

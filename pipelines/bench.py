@@ -1,0 +1,147 @@
+"""``make bench`` / ``python -m pipelines.bench [--quick] [--out runs/bench]``: the pipeline's performance numbers,
+each beside a baseline measured in the same run — (a) DecoModel vs transformers' LLaVA, (b) DeCo-M16 vs the
+144-token MLP (time vs FLOPs), (c) Ray Data vs the single-process floor, (d) trainer data wait, (e) MFU against a
+matmul peak, (f) cold start, (g) peak memory. Writes ``bench.json`` + ``bench.md`` and logs both to MLflow
+(experiment ``deco-bench``, sqlite store under the output folder unless MLFLOW_TRACKING_URI is set)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deco_core.config import compose
+from deco_core.data.corpus import build_shapes_corpus
+from deco_core.model.tokenizer import load_tokenizer
+from deco_core.tracking import get_or_create_run, resolve_tracking_uri
+from deco_core.train.trainer import preprocess_spec
+from pipelines.bench_data import available_cores, bench_data_pipeline
+from pipelines.bench_model import bench_compression, bench_hf_parity, load_batch, matmul_peak
+from pipelines.bench_report import check_complete, flatten_numbers, log_summary_run, write_json
+from pipelines.bench_tables import bench_markdown
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "deco-bench"
+# Room for 144 patch tokens + the longest ShapesWorld instruction, so both projectors see the same samples
+# (longer samples would be dropped, not truncated). The tiny default (192) fits 16-36 visual tokens only.
+MAX_LENGTH = 336
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes of one bench run."""
+
+    caption_samples: int
+    instruct_samples: int
+    batch_size: int  # model benchmarks (a), (b)
+    repeats: int  # timed repeats per model benchmark
+    train_steps: int  # optimizer steps of the trainer run (d, f, g)
+    warmup: int = 2  # untimed calls before the timed repeats
+    deco_tokens: int = 16
+
+
+# fmt: off
+SETTINGS = {
+    "full":  BenchSettings(caption_samples=256, instruct_samples=1280, batch_size=8, repeats=6, train_steps=15),
+    "quick": BenchSettings(caption_samples=64,  instruct_samples=256,  batch_size=4, repeats=2, train_steps=4,
+                           warmup=1),
+}
+# fmt: on
+
+
+def _configs(out_dir: Path, s: BenchSettings, config: str, overrides: list[str]):
+    base = [f"pipeline.root={out_dir}", f"tracking.experiment={EXPERIMENT}", f"data.root={out_dir / 'data'}",
+            f"data.caption_samples={s.caption_samples}", f"data.instruct_samples={s.instruct_samples}",
+            "data.samples_per_shard=128", f"model.tokenizer.max_length={MAX_LENGTH}", f"finetune.max_steps={s.train_steps}", "finetune.log_every=1",
+            f"finetune.checkpoint_every={s.train_steps}", "finetune.init_from=null", *overrides]
+    main = compose(config, base)
+    main.tracking.tracking_uri = resolve_tracking_uri(main.tracking, out_dir)
+    deco = compose(config, [*base, "model.projector=deco", f"model.projector.num_tokens={s.deco_tokens}"])
+    mlp = compose(config, [*base, "model.projector=mlp"])
+    return main, deco, mlp
+
+
+def _mfu(compression: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"peak": peak}
+    for key, value in compression.items():
+        if isinstance(value, dict) and "achieved_flops_per_s" in value:
+            out[key] = {"achieved_flops_per_s": value["achieved_flops_per_s"],
+                        "mfu": value["achieved_flops_per_s"] / peak["peak_flops_per_s"]}
+    return out
+
+
+def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
+              overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every benchmark and write ``bench.json`` / ``bench.md`` under ``out_dir``; returns the results."""
+    import ray
+
+    from pipelines.bench_train import bench_trainer
+    from pipelines.runtime import ensure_ray
+
+    s = SETTINGS["quick" if quick else "full"]
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, cfg_deco, cfg_mlp = _configs(out_dir, s, config, list(overrides or []))
+    threads = available_cores()
+    torch.set_num_threads(threads)
+    started = time.time()
+    parent = get_or_create_run(cfg.tracking.tracking_uri, EXPERIMENT, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
+                               out_dir, tags={"deco.kind": "bench", "deco.quick": str(quick)})
+    corpus = build_shapes_corpus(cfg.data, root=str(out_dir / "data"), progress=False)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)
+    results: dict[str, Any] = {"meta": {"quick": quick, "settings": asdict(s), "torch_threads": threads,
+                                        "cores": available_cores(), "torch": torch.__version__,
+                                        "mlflow_run_id": parent, "tracking_uri": cfg.tracking.tracking_uri}}
+    caption_batch = load_batch(cfg_mlp, "plain", tokenizer, corpus.pretrain, s.batch_size)
+    results["hf_parity"] = bench_hf_parity(cfg_mlp, tokenizer, caption_batch, s.repeats, s.warmup)
+    results["compression"] = bench_compression({f"deco_m{s.deco_tokens}": cfg_deco, "mlp_n144": cfg_mlp}, tokenizer,
+                                               corpus.finetune, s.batch_size, s.repeats, s.warmup)
+    results["mfu"] = _mfu(results["compression"], matmul_peak(threads))
+    results["memory"] = {"driver_single_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    own_ray = not ray.is_initialized()
+    ensure_ray(cfg)
+    try:
+        spec = preprocess_spec(cfg, "vicuna_v1", tokenizer)
+        results["data_pipeline"] = bench_data_pipeline(corpus.finetune, spec, cfg, cfg.data.preprocess_batch_size)
+        trainer = bench_trainer(cfg, corpus.finetune, out_dir, parent)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    results["memory"]["workers"] = trainer.pop("memory")
+    results["cold_start"] = trainer.pop("cold_start")
+    results["trainer"] = trainer
+    results["meta"]["total_s"] = time.time() - started
+    check_complete(results)
+    json_path = write_json(out_dir / "bench.json", results)
+    md_path = out_dir / "bench.md"
+    md_path.write_text(bench_markdown(results))
+    log_summary_run(cfg.tracking.tracking_uri, EXPERIMENT, out_dir, "bench", {"quick": quick, **asdict(s)},
+                    flatten_numbers({k: v for k, v in results.items() if k != "meta"}), [json_path, md_path],
+                    run_id=parent)
+    log.info("bench done in %.0fs: %s, %s", results["meta"]["total_s"], json_path, md_path)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    from deco_core.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (JSON, markdown, MLflow)")
+    parser.add_argument("--quick", action="store_true", help="small sizes for CI (about a minute of compute)")
+    parser.add_argument("--config", default="pipeline/tiny", help="base pipeline config")
+    parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
+    args = parser.parse_args(argv)
+    setup_logging()
+    results = run_bench(args.out, args.quick, args.config, args.overrides)
+    print((args.out / "bench.md").read_text())  # noqa: T201 - CLI output
+    print(f"total {results['meta']['total_s']:.0f}s; JSON: {args.out / 'bench.json'}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Scheduled retraining: fresh data, a challenger finetuned from the champion (or trained from scratch), both
+scored on the same frozen eval set, and promotion by registry alias when the challenger wins by a margin.
+
+``decide`` is the pure rule; ``promote_if_better`` applies it to the registry (aliases, version tags, a
+"retrain-decision" MLflow run); ``retrain`` runs a whole round; ``register`` adds ``deco retrain`` to the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from deco_core.config import Config, ConfigError, RetrainConfig, TrackingConfig, from_dict, to_dict
+from deco_core.data.storage import get_filesystem, is_remote, join_uri
+from deco_core.tracking import PARENT_TAG, ensure_experiment, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+INITS = ("champion", "scratch")
+TOLERANCE = 1e-9  # a gain equal to the margin (up to float error) counts as reaching it
+
+
+@dataclass
+class RetrainDecision:
+    """The outcome of one retraining round (also recorded in MLflow)."""
+
+    decision: str  # bootstrap | promoted | rejected
+    metric: str
+    challenger_version: str
+    challenger_score: float
+    champion_version: str | None  # the champion it was compared with (None: there was none)
+    champion_score: float | None
+    champion_after: str  # the version holding alias champion after the round
+    margin: float
+    higher_is_better: bool
+    init: str
+    data_seed: int
+    root: str
+    decision_run_id: str
+
+
+def decide(challenger: float, champion: float | None, margin: float, higher_is_better: bool = True) -> str:
+    """'bootstrap' without a champion; 'promoted' iff the challenger beats the champion by >= margin; else
+    'rejected'. A non-finite challenger score is an error; a non-finite champion score counts as beaten."""
+    if not math.isfinite(challenger):
+        raise ValueError(f"challenger score {challenger!r} is not a finite number")
+    if champion is None:
+        return "bootstrap"
+    if not math.isfinite(champion):
+        return "promoted"
+    gain = challenger - champion if higher_is_better else champion - challenger
+    return "promoted" if gain >= margin - TOLERANCE else "rejected"
+
+
+def check_retrain_config(rc: RetrainConfig) -> None:
+    if rc.init not in INITS:
+        raise ConfigError(f"config key 'retrain.init' = {rc.init!r}: expected one of {', '.join(INITS)}")
+    if not (math.isfinite(rc.margin) and rc.margin >= 0):
+        raise ConfigError(f"config key 'retrain.margin' = {rc.margin!r}: expected a finite number >= 0")
+    if not rc.metric.startswith("eval/"):
+        raise ConfigError(f"config key 'retrain.metric' = {rc.metric!r}: expected a flat eval metric key such as "
+                          "eval/group/localization or eval/shapes-pope/f1")
+
+
+def promote_if_better(tracking_uri: str, name: str, challenger_version: str, challenger_score: float,
+                      champion_score: float | None, rc: RetrainConfig, *, experiment: str = "deco-retrain",
+                      run_id: str | None = None, params: dict[str, Any] | None = None,
+                      root: str = "runs/retrain") -> str:
+    """Decide, tag the challenger version, move ``champion`` on promotion/bootstrap, and record the decision on
+    the MLflow run ``run_id`` (else a new run "retrain-decision" in ``experiment``); returns the decision."""
+    from mlflow import MlflowClient
+
+    decision = decide(challenger_score, champion_score, rc.margin, rc.higher_is_better)
+    client = MlflowClient(tracking_uri)
+    version = str(challenger_version)
+    previous = client.get_registered_model(name).aliases.get("champion")
+    tags = {"deco.decision": decision, "deco.metric": rc.metric, "deco.challenger_score": f"{challenger_score:.6g}",
+            "deco.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
+            "deco.margin": f"{rc.margin:g}", "deco.higher_is_better": str(rc.higher_is_better).lower(),
+            "deco.champion_version": "none" if champion_score is None else str(previous)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, "challenger", version)
+    if decision in ("promoted", "bootstrap"):
+        client.set_registered_model_alias(name, "champion", version)
+    after = client.get_registered_model(name).aliases.get("champion")
+    if run_id is None:
+        exp_id = ensure_experiment(client, experiment, root)
+        run_id = client.create_run(exp_id, run_name="retrain-decision").info.run_id
+    _record_run(client, run_id, {**tags, "deco.kind": "retrain-decision", "deco.registered_model": name,
+                                 "deco.challenger_version": version, "deco.champion_after": str(after)},
+                {**asdict(rc), **(params or {})},
+                {"challenger_score": challenger_score, "champion_score": champion_score, "margin": rc.margin})
+    log.info("retrain decision %s: %s v%s %s=%.4f vs champion %s (margin %g); champion is now v%s", decision,
+             name, version, rc.metric, challenger_score, tags["deco.champion_score"], rc.margin, after)
+    return decision
+
+
+def _record_run(client, run_id: str, tags: dict[str, str], params: dict[str, Any],
+                metrics: dict[str, float | None]) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    existing = client.get_run(run_id).data.params
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                     params=[Param(f"retrain.{k}", str(v)) for k, v in params.items() if f"retrain.{k}" not in existing],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.set_terminated(run_id, "FINISHED")
+
+
+# ----------------------------------------------------------------------------------------------- one round
+def _fetch_champion(client, tracking_uri: str, name: str) -> tuple[str, str] | None:
+    """(version, local dir of its export) of the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if "champion" not in client.get_registered_model(name).aliases:
+            return None
+    except MlflowException:
+        return None
+    mv = client.get_model_version_by_alias(name, "champion")
+    dst = tempfile.mkdtemp(prefix="deco-champion-")
+    if mv.run_id:  # registered by our register step: the export sits under the run's artifacts "model/"
+        local = client.download_artifacts(mv.run_id, "model", dst)
+    else:
+        import mlflow.artifacts
+
+        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst,
+                                                    tracking_uri=tracking_uri)
+    log.info("champion: %s v%s downloaded to %s", name, mv.version, local)
+    return str(mv.version), local
+
+
+def _publish(local_dir: str, uri: str, storage) -> str:
+    """Copy a local folder to ``uri`` (local or s3://) so every training worker can read it; returns ``uri``."""
+    fs, path = get_filesystem(uri, storage)
+    fs.makedirs(path, exist_ok=True)
+    fs.put(str(Path(local_dir)) + "/", path, recursive=True)
+    return uri
+
+
+def _local_dir(uri: str, storage) -> str:
+    """A local folder holding ``uri``'s files (downloaded when remote)."""
+    if not is_remote(uri):
+        return get_filesystem(uri, storage)[1]
+    tmp = tempfile.mkdtemp(prefix="deco-model-")
+    fs, path = get_filesystem(uri, storage)
+    fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+    return tmp
+
+
+def round_config(cfg: Config, round_no: int, root: str, tracking_uri: str, eval_uris: dict[str, str],
+                 init_from: str | None) -> Config:
+    """The round's config: fresh data seed, its own pipeline root, the shared tracking store and eval set."""
+    data = to_dict(cfg)
+    data["pipeline"].update(root=root, stages=["prepare_data", "pretrain", "finetune", "evaluate"])
+    data["data"]["shapes"]["seed"] = cfg.data.shapes.seed + cfg.retrain.data_seed_offset * round_no
+    data["tracking"]["tracking_uri"] = tracking_uri
+    data["eval"]["data"] = {**cfg.eval.data, **eval_uris}
+    data["finetune"]["init_from"] = init_from
+    return from_dict(data)
+
+
+def _score(outputs: dict[str, Any], metric: str, who: str) -> float:
+    if metric not in outputs:
+        found = sorted(k for k in outputs if k.startswith("eval/"))
+        raise ConfigError(f"config key 'retrain.metric' = {metric!r}: not among the {who}'s eval metrics {found}")
+    return round(float(outputs[metric]), 4)  # the evaluate stage reports 4 decimals; compare like with like
+
+
+def retrain(cfg: Config) -> RetrainDecision:
+    """One round: fresh data → challenger (finetune from champion, or scratch) → evaluate challenger and champion
+    on the same frozen eval set → register the challenger → promote iff it wins by the margin."""
+    from mlflow import MlflowClient
+
+    from deco_core.eval.runner import evaluate
+    from pipelines.runtime import ensure_ray
+    from pipelines.stages.evaluate import eval_data
+    from pipelines.stages.register import register_model
+    from pipelines.workflow import Workflow
+
+    rc, name, storage = cfg.retrain, cfg.tracking.registered_model, cfg.data.storage
+    check_retrain_config(rc)
+    tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
+    client = MlflowClient(tracking_uri)
+    round_no = 1 + len(client.search_model_versions(f"name='{name}'"))
+    root = join_uri(cfg.pipeline.root, f"{time.strftime('%Y%m%d-%H%M%S')}-r{round_no}")
+    eval_uris = eval_data(cfg)  # built once under the base root: every round scores on these very shards
+    champion = _fetch_champion(client, tracking_uri, name)
+    init = rc.init if champion else "scratch"
+    init_from = _publish(champion[1], join_uri(root, "champion", "model"), storage) if init == "champion" else None
+    rcfg = round_config(cfg, round_no, root, tracking_uri, eval_uris, init_from)
+    log.info("retrain round %d under %s: init=%s, data seed %d", round_no, root, init, rcfg.data.shapes.seed)
+    wf = Workflow(rcfg)
+    only = ["prepare_data", "pretrain", "finetune", "evaluate"]
+    if init_from:  # the champion stands in for the pretrain output: finetune starts from it
+        wf.store.update("pretrain", status="completed", fingerprint=wf.fps["pretrain"], finished=time.time(),
+                        outputs={"model": init_from, "source": f"models:/{name}@champion (v{champion[0]})"})
+        only.remove("pretrain")
+    reports = {r.name: r for r in wf.run(only=only)}
+    challenger_score = _score(reports["evaluate"].outputs, rc.metric, "challenger")
+
+    exp_id = ensure_experiment(client, cfg.tracking.experiment, cfg.pipeline.root)
+    run_id = client.create_run(exp_id, run_name="retrain-decision", tags={"deco.round": str(round_no)}).info.run_id
+    champion_score = None
+    if champion:
+        ensure_ray(rcfg)
+        eval_run = client.create_run(exp_id, run_name=f"champion-eval-v{champion[0]}",
+                                     tags={PARENT_TAG: run_id, "deco.model_version": champion[0]}).info.run_id
+        result = evaluate(champion[1], rcfg.eval.tasks, eval_uris, join_uri(root, "champion", "eval"), rcfg.eval,
+                          TrackingConfig(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment),
+                          storage=storage, run_id=eval_run)
+        client.set_terminated(eval_run, "FINISHED")
+        champion_score = _score(result["metrics"], rc.metric, "champion")
+
+    ft = reports["finetune"]
+    scores = {k: v for k, v in reports["evaluate"].outputs.items() if k.startswith("eval/")}
+    version = register_model(tracking_uri, ft.run_id, _local_dir(ft.outputs["model"], storage), name,
+                             {"deco.round": round_no, "deco.init": init, "deco.data_seed": rcfg.data.shapes.seed,
+                              **scores}, aliases=("challenger",))
+    params = {"round": round_no, "init": init, "data_seed": rcfg.data.shapes.seed, "root": root,
+              "challenger_version": version, "champion_version": champion[0] if champion else "none"}
+    decision = promote_if_better(tracking_uri, name, version, challenger_score, champion_score, rc,
+                                 experiment=cfg.tracking.experiment, run_id=run_id, params=params,
+                                 root=cfg.pipeline.root)
+    after = client.get_registered_model(name).aliases["champion"]
+    return RetrainDecision(decision, rc.metric, version, challenger_score, champion[0] if champion else None,
+                           champion_score, str(after), rc.margin, rc.higher_is_better, init,
+                           rcfg.data.shapes.seed, root, run_id)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def register(app: typer.Typer) -> None:
+    """Add ``deco retrain`` to the CLI."""
+
+    @app.command("retrain")
+    def retrain_command(
+        config: str = typer.Option("conf/pipeline/retrain.yaml", "--config", "-c", help="Retrain config."),
+        overrides: list[str] | None = typer.Argument(None, help="Overrides such as retrain.margin=0.02."),
+    ) -> None:
+        """One retraining round: challenger vs champion on a frozen eval set; promote by registry alias."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from deco_core.cli import load_config
+
+        result = retrain(load_config(config, overrides))
+        table = Table(title=f"retrain decision: {result.decision}")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in asdict(result).items():
+            table.add_row(key, "-" if value is None else str(value))
+        Console().print(table)

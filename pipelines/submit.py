@@ -1,0 +1,186 @@
+"""Cluster submission: run pipeline stages as Ray Jobs, one job per stage, in order, over the Jobs HTTP API.
+
+Each job runs ``python -m pipelines.stages.<stage> --config ... [overrides]`` in a copy of this repository
+(the runtime env's ``working_dir``); stages share their state through ``pipeline.root`` (a path every node can
+read, or s3://). With ``wait`` the client streams each job's log, waits for a terminal status and stops at the
+first failure; without it the stages go out as one job that runs them in sequence, so the client may leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deco_core.config import CONF_DIR, PipelineConfig
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXCLUDES = [".venv", ".git", "runs", "mlruns*", ".services", "*.db", "tests",
+            "__pycache__", ".pytest_cache", ".ruff_cache"]
+ENV_PREFIXES = ("AWS_", "MLFLOW_")
+ENV_NAMES = ("DS_ACCELERATOR", "RAY_DATA_DISABLE_PROGRESS_BARS")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+POLL_S = 2.0
+
+
+class SubmitError(RuntimeError):
+    """The cluster could not be reached, refused us, or the request was invalid; the message says which."""
+
+
+@dataclass
+class SubmittedJob:
+    """One stage's job: status is a Ray job status, SUBMITTED (not waited for) or NOT_SUBMITTED."""
+
+    stage: str
+    job_id: str
+    status: str
+    entrypoint: str = ""
+    seconds: float = 0.0
+    message: str = ""
+
+
+def passthrough_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """AWS_* / MLFLOW_* / DS_ACCELERATOR / RAY_DATA_DISABLE_PROGRESS_BARS from the client's environment."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if v and (k.startswith(ENV_PREFIXES) or k in ENV_NAMES)}
+
+
+def job_runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The repository as working_dir (without venv, VCS, run outputs, databases, tests) plus pass-through env.
+
+    ``extra`` is merged on top; its ``env_vars`` extend (and win over) the pass-through ones.
+    """
+    extra = dict(extra or {})
+    env_vars = {**passthrough_env(), **{k: str(v) for k, v in extra.pop("env_vars", {}).items()}}
+    return {"working_dir": str(REPO_ROOT), "excludes": list(EXCLUDES), "env_vars": env_vars, **extra}
+
+
+def config_argument(config: str) -> str:
+    """The ``--config`` value as the job sees it: a path relative to the shipped repository, or a conf ref."""
+    path = Path(config)
+    if path.is_file():
+        try:
+            return str(path.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            raise SubmitError(f"config file {config} lies outside {REPO_ROOT}, the working_dir shipped to the "
+                              "cluster; put it under conf/ (or pass a conf ref such as pipeline/tiny)") from None
+    if (CONF_DIR / f"{config}.yaml").is_file():
+        return config
+    raise SubmitError(f"config {config!r}: no such file, and no conf ref {CONF_DIR / (config + '.yaml')}")
+
+
+def stage_entrypoint(stage: str, config: str, overrides: list[str], python: str = "python") -> str:
+    """The shell command of one stage's job (every argument shell-quoted)."""
+    return shlex.join([python, "-m", f"pipelines.stages.{stage}", "--config", config, *overrides])
+
+
+def connect(address: str):
+    """A JobSubmissionClient for the dashboard at ``address``; clear errors for unreachable and auth failures."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    url = address if "://" in address else f"http://{address}"
+    try:
+        return JobSubmissionClient(url)
+    except AuthenticationError as exc:
+        raise SubmitError(_auth_hint(url, exc)) from None
+    except ConnectionError:
+        raise SubmitError(f"cannot reach the Ray Jobs API at {url}: is the head running and is that its dashboard "
+                          "address (default port 8265; `ray status` on the head shows it)?") from None
+
+
+def _auth_hint(url: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"the Ray cluster at {url} refused the request ({first}). The cluster uses token authentication: "
+            "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token; a local development head "
+            "started with RAY_AUTH_MODE=disabled needs RAY_AUTH_MODE=disabled on the client too")
+
+
+def submit_pipeline(address: str, config: str, overrides: list[str], stages: list[str], wait: bool = True,
+                    runtime_env: dict[str, Any] | None = None, *, python: str = "python",
+                    timeout_s: float | None = None) -> list[SubmittedJob]:
+    """Submit ``stages`` (in order) to the cluster at ``address``; returns one SubmittedJob per stage.
+
+    With ``wait``: one job per stage; each job's log is streamed into this process's log, and a failed,
+    stopped or timed-out job ends the run (later stages come back NOT_SUBMITTED). Without ``wait``: one job
+    runs the stages one after the other (``&&``), since the Jobs API has no dependencies between jobs.
+    """
+    valid = PipelineConfig().stages
+    unknown = [s for s in stages if s not in valid]
+    if unknown or not stages:
+        raise SubmitError(f"stages {stages}: expected a non-empty list among {valid}")
+    cfg_arg = config_argument(config)
+    client = connect(address)
+    env = job_runtime_env(runtime_env)
+    log.info("submitting %s to %s (env passed through: %s)", ", ".join(stages), address,
+             ", ".join(sorted(env["env_vars"])) or "none")
+    commands = [stage_entrypoint(s, cfg_arg, list(overrides), python) for s in stages]
+    if not wait:
+        job_id = _submit(client, "+".join(stages), " && ".join(commands), env, config)
+        return [SubmittedJob(s, job_id, "SUBMITTED", cmd) for s, cmd in zip(stages, commands, strict=True)]
+    jobs: list[SubmittedJob] = []
+    for stage, command in zip(stages, commands, strict=True):
+        if jobs and jobs[-1].status != "SUCCEEDED":
+            jobs.append(SubmittedJob(stage, "-", "NOT_SUBMITTED", command))
+            continue
+        started = time.perf_counter()
+        job_id = _submit(client, stage, command, env, config)
+        status, message = wait_for_job(client, job_id, stage, timeout_s)
+        jobs.append(SubmittedJob(stage, job_id, status, command, time.perf_counter() - started, message))
+        log.info("job %s (%s) %s after %.0fs%s", job_id, stage, status, jobs[-1].seconds,
+                 f": {message}" if status != "SUCCEEDED" and message else "")
+    return jobs
+
+
+def _submit(client, label: str, entrypoint: str, env: dict[str, Any], config: str) -> str:
+    from ray.exceptions import AuthenticationError
+
+    submission_id = f"deco-{label.replace('+', '-')[:60]}-{uuid.uuid4().hex[:8]}"
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
+                                   metadata={"deco.stage": label, "deco.config": config})
+    except AuthenticationError as exc:
+        raise SubmitError(_auth_hint(client.get_address(), exc)) from None
+    except ConnectionError:
+        raise SubmitError(f"lost the Ray Jobs API at {client.get_address()} while submitting {label}") from None
+    log.info("submitted %s as job %s: %s", label, job_id, entrypoint)
+    return job_id
+
+
+def wait_for_job(client, job_id: str, label: str, timeout_s: float | None = None) -> tuple[str, str]:
+    """Poll status and logs every POLL_S seconds, logging new log lines; (terminal status, job message)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    seen = 0
+    try:
+        while True:
+            status = str(client.get_job_status(job_id).value)
+            seen = _log_new_lines(client, job_id, label, seen)
+            if status in TERMINAL:
+                seen = _log_new_lines(client, job_id, label, seen, final=True)
+                return status, client.get_job_info(job_id).message or ""
+            if deadline is not None and time.monotonic() > deadline:
+                client.stop_job(job_id)
+                log.warning("job %s (%s) exceeded %.0fs: stop requested", job_id, label, timeout_s)
+                return "STOPPED", f"timed out after {timeout_s:.0f}s"
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        log.warning("interrupted: job %s keeps running on the cluster (stop it with `ray job stop %s`)",
+                    job_id, job_id)
+        raise
+
+
+def _log_new_lines(client, job_id: str, label: str, seen: int, final: bool = False) -> int:
+    """Log the complete lines after character ``seen`` (every line when ``final``); returns the new offset."""
+    text = client.get_job_logs(job_id)
+    new = text[seen:]
+    if not final:
+        new = new[: new.rfind("\n") + 1]
+    for line in new.splitlines():
+        log.info("[%s] %s", label, line)
+    return seen + len(new)
