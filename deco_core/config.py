@@ -100,6 +100,7 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     caption_samples: int = 4000
     instruct_samples: int = 6000
+    format_samples: int = 4000  # benchmark-format training samples mixed into finetuning (ShapesWorld)
     eval_samples: int = 500
     samples_per_shard: int = 500
     pretrain_sources: list[SourceConfig] = field(default_factory=list)

@@ -76,34 +76,29 @@ def _mfu(compression: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
-              overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run every benchmark and write ``bench.json`` / ``bench.md`` under ``out_dir``; returns the results."""
+def _single_process(results: dict[str, Any], s: BenchSettings, cfg_deco, cfg_mlp, tokenizer, corpus,
+                    threads: int) -> None:
+    """(a), (b), (e) and the driver's peak RSS, in this process with ``threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        caption_batch = load_batch(cfg_mlp, "plain", tokenizer, corpus.pretrain, s.batch_size)
+        results["hf_parity"] = bench_hf_parity(cfg_mlp, tokenizer, caption_batch, s.repeats, s.warmup)
+        results["compression"] = bench_compression({f"deco_m{s.deco_tokens}": cfg_deco, "mlp_n144": cfg_mlp},
+                                                   tokenizer, corpus.finetune, s.batch_size, s.repeats, s.warmup)
+        results["mfu"] = _mfu(results["compression"], matmul_peak(threads))
+    finally:
+        torch.set_num_threads(previous)
+    results["memory"] = {"driver_single_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, parent: str) -> None:
+    """(c), (d), (f) and the workers' peak RSS, on a local Ray (started here unless one is running)."""
     import ray
 
     from pipelines.bench_train import bench_trainer
     from pipelines.runtime import ensure_ray
 
-    s = SETTINGS["quick" if quick else "full"]
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg, cfg_deco, cfg_mlp = _configs(out_dir, s, config, list(overrides or []))
-    threads = available_cores()
-    torch.set_num_threads(threads)
-    started = time.time()
-    parent = get_or_create_run(cfg.tracking.tracking_uri, EXPERIMENT, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
-                               out_dir, tags={"deco.kind": "bench", "deco.quick": str(quick)})
-    corpus = build_shapes_corpus(cfg.data, root=str(out_dir / "data"), progress=False)
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)
-    results: dict[str, Any] = {"meta": {"quick": quick, "settings": asdict(s), "torch_threads": threads,
-                                        "cores": available_cores(), "torch": torch.__version__,
-                                        "mlflow_run_id": parent, "tracking_uri": cfg.tracking.tracking_uri}}
-    caption_batch = load_batch(cfg_mlp, "plain", tokenizer, corpus.pretrain, s.batch_size)
-    results["hf_parity"] = bench_hf_parity(cfg_mlp, tokenizer, caption_batch, s.repeats, s.warmup)
-    results["compression"] = bench_compression({f"deco_m{s.deco_tokens}": cfg_deco, "mlp_n144": cfg_mlp}, tokenizer,
-                                               corpus.finetune, s.batch_size, s.repeats, s.warmup)
-    results["mfu"] = _mfu(results["compression"], matmul_peak(threads))
-    results["memory"] = {"driver_single_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     own_ray = not ray.is_initialized()
     ensure_ray(cfg)
     try:
@@ -116,8 +111,36 @@ def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
     results["memory"]["workers"] = trainer.pop("memory")
     results["cold_start"] = trainer.pop("cold_start")
     results["trainer"] = trainer
-    results["meta"]["total_s"] = time.time() - started
-    check_complete(results)
+
+
+def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
+              overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every benchmark and write ``bench.json`` / ``bench.md`` under ``out_dir``; returns the results."""
+    from mlflow import MlflowClient
+
+    from pipelines.runtime import WORKER_ENV
+
+    s = SETTINGS["quick" if quick else "full"]
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, cfg_deco, cfg_mlp = _configs(out_dir, s, config, list(overrides or []))
+    threads = int(WORKER_ENV["OMP_NUM_THREADS"])  # what each Ray Train worker runs with: (a), (b), (e) match it
+    started = time.time()
+    parent = get_or_create_run(cfg.tracking.tracking_uri, EXPERIMENT, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
+                               out_dir, tags={"deco.kind": "bench", "deco.quick": str(quick)})
+    results: dict[str, Any] = {"meta": {"quick": quick, "settings": asdict(s), "torch_threads": threads,
+                                        "cores": available_cores(), "torch": torch.__version__,
+                                        "mlflow_run_id": parent, "tracking_uri": cfg.tracking.tracking_uri}}
+    try:
+        corpus = build_shapes_corpus(cfg.data, root=str(out_dir / "data"), progress=False)
+        tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)
+        _single_process(results, s, cfg_deco, cfg_mlp, tokenizer, corpus, threads)
+        _on_ray(results, cfg, tokenizer, corpus, out_dir, parent)
+        results["meta"]["total_s"] = time.time() - started
+        check_complete(results)
+    except BaseException:
+        MlflowClient(cfg.tracking.tracking_uri).set_terminated(parent, "FAILED")
+        raise
     json_path = write_json(out_dir / "bench.json", results)
     md_path = out_dir / "bench.md"
     md_path.write_text(bench_markdown(results))

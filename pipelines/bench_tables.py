@@ -131,7 +131,8 @@ def bench_markdown(res: dict[str, Any]) -> str:
     head = [
         "# DeCo pipeline benchmark (tiny scale)", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {meta['cores']} CPU cores (torch {meta['torch']}, "
-        f"{meta['torch_threads']} threads){', --quick sizes' if meta['quick'] else ''}; total {fmt(meta['total_s'], 0)} s. "
+        f"{meta['torch_threads']} torch thread(s) for the single-process parts, as each Ray Train worker runs)"
+        f"{', --quick sizes' if meta['quick'] else ''}; total {fmt(meta['total_s'], 0)} s. "
         f"Every figure sits beside its baseline, measured in the same run. MLflow run `{meta['mlflow_run_id']}`.", "",
     ]
     body = (_section_a(res["hf_parity"]) + _section_b(res["compression"]) + _section_c(res["data_pipeline"])

@@ -11,7 +11,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,8 @@ def _record_run(client, run_id: str, tags: dict[str, str], params: dict[str, Any
 
 
 # ----------------------------------------------------------------------------------------------- one round
-def _fetch_champion(client, tracking_uri: str, name: str) -> tuple[str, str] | None:
-    """(version, local dir of its export) of the current champion, or None when there is none."""
+def _fetch_champion(client, tracking_uri: str, name: str, dst: str) -> tuple[str, str] | None:
+    """(version, local folder of its export under ``dst``) of the current champion, or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -125,34 +125,26 @@ def _fetch_champion(client, tracking_uri: str, name: str) -> tuple[str, str] | N
     except MlflowException:
         return None
     mv = client.get_model_version_by_alias(name, "champion")
-    dst = tempfile.mkdtemp(prefix="deco-champion-")
+    Path(dst).mkdir(parents=True, exist_ok=True)
     if mv.run_id:  # registered by our register step: the export sits under the run's artifacts "model/"
         local = client.download_artifacts(mv.run_id, "model", dst)
     else:
         import mlflow.artifacts
 
-        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst,
-                                                    tracking_uri=tracking_uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst, tracking_uri=tracking_uri)
     log.info("champion: %s v%s downloaded to %s", name, mv.version, local)
     return str(mv.version), local
 
 
-def _publish(local_dir: str, uri: str, storage) -> str:
-    """Copy a local folder to ``uri`` (local or s3://) so every training worker can read it; returns ``uri``."""
-    fs, path = get_filesystem(uri, storage)
-    fs.makedirs(path, exist_ok=True)
-    fs.put(str(Path(local_dir)) + "/", path, recursive=True)
-    return uri
-
-
-def _local_dir(uri: str, storage) -> str:
-    """A local folder holding ``uri``'s files (downloaded when remote)."""
-    if not is_remote(uri):
-        return get_filesystem(uri, storage)[1]
-    tmp = tempfile.mkdtemp(prefix="deco-model-")
-    fs, path = get_filesystem(uri, storage)
-    fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-    return tmp
+def _copy(src: str, dst: str, storage, upload: bool) -> str:
+    """Upload a local folder to ``dst`` (``upload``) or download remote ``src`` into local ``dst``; returns the copy."""
+    fs, path = get_filesystem(dst if upload else src, storage)
+    if upload:
+        fs.makedirs(path, exist_ok=True)
+        fs.put(str(Path(src)) + "/", path, recursive=True)
+    else:
+        fs.get(path.rstrip("/") + "/", dst, recursive=True)
+    return dst
 
 
 def round_config(cfg: Config, round_no: int, root: str, tracking_uri: str, eval_uris: dict[str, str],
@@ -174,65 +166,85 @@ def _score(outputs: dict[str, Any], metric: str, who: str) -> float:
     return round(float(outputs[metric]), 4)  # the evaluate stage reports 4 decimals; compare like with like
 
 
-def retrain(cfg: Config) -> RetrainDecision:
-    """One round: fresh data → challenger (finetune from champion, or scratch) → evaluate challenger and champion
-    on the same frozen eval set → register the challenger → promote iff it wins by the margin."""
-    from mlflow import MlflowClient
+def _train_challenger(rcfg: Config, champion: tuple[str, str] | None) -> dict[str, Any]:
+    """Run the round's workflow; with ``finetune.init_from`` the champion stands in for the pretrain output."""
+    from pipelines.workflow import Workflow
 
+    wf = Workflow(rcfg)
+    only = ["prepare_data", "pretrain", "finetune", "evaluate"]
+    if rcfg.finetune.init_from and champion:
+        wf.store.update("pretrain", status="completed", fingerprint=wf.fps["pretrain"], finished=time.time(),
+                        outputs={"model": rcfg.finetune.init_from, "source": f"champion v{champion[0]}"})
+        only.remove("pretrain")
+    return {r.name: r for r in wf.run(only=only)}
+
+
+def _score_champion(client, rcfg: Config, champion: tuple[str, str], parent_run: str, exp_id: str) -> float:
+    """Evaluate the champion's export on the round's frozen eval set, in a run nested under the decision run."""
     from deco_core.eval.runner import evaluate
     from pipelines.runtime import ensure_ray
+
+    ensure_ray(rcfg)
+    run_id = client.create_run(exp_id, run_name=f"champion-eval-v{champion[0]}",
+                               tags={PARENT_TAG: parent_run, "deco.model_version": champion[0]}).info.run_id
+    tracking = TrackingConfig(tracking_uri=rcfg.tracking.tracking_uri, experiment=rcfg.tracking.experiment)
+    result = evaluate(champion[1], rcfg.eval.tasks, rcfg.eval.data, join_uri(rcfg.pipeline.root, "champion", "eval"),
+                      rcfg.eval, tracking, storage=rcfg.data.storage, run_id=run_id)
+    client.set_terminated(run_id, "FINISHED")
+    return _score(result["metrics"], rcfg.retrain.metric, "champion")
+
+
+def retrain(cfg: Config) -> RetrainDecision:
+    """One round: fresh data → challenger (finetune from champion, or scratch) → evaluate challenger and champion
+    on the same frozen eval set → register the challenger → promote iff it wins by the margin.
+
+    Local folders go under ``<pipeline.root>/<timestamp>-r<round>`` (the champion's export in ``champion/model``);
+    with an s3:// root they are staged in a temporary folder that is removed afterwards.
+    """
+    from mlflow import MlflowClient
+
     from pipelines.stages.evaluate import eval_data
     from pipelines.stages.register import register_model
-    from pipelines.workflow import Workflow
 
     rc, name, storage = cfg.retrain, cfg.tracking.registered_model, cfg.data.storage
     check_retrain_config(rc)
-    tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
+    base = cfg.pipeline.root if is_remote(cfg.pipeline.root) else str(Path(cfg.pipeline.root).resolve())
+    tracking_uri = resolve_tracking_uri(cfg.tracking, base)
     client = MlflowClient(tracking_uri)
     round_no = 1 + len(client.search_model_versions(f"name='{name}'"))
-    root = join_uri(cfg.pipeline.root, f"{time.strftime('%Y%m%d-%H%M%S')}-r{round_no}")
-    eval_uris = eval_data(cfg)  # built once under the base root: every round scores on these very shards
-    champion = _fetch_champion(client, tracking_uri, name)
-    init = rc.init if champion else "scratch"
-    init_from = _publish(champion[1], join_uri(root, "champion", "model"), storage) if init == "champion" else None
-    rcfg = round_config(cfg, round_no, root, tracking_uri, eval_uris, init_from)
-    log.info("retrain round %d under %s: init=%s, data seed %d", round_no, root, init, rcfg.data.shapes.seed)
-    wf = Workflow(rcfg)
-    only = ["prepare_data", "pretrain", "finetune", "evaluate"]
-    if init_from:  # the champion stands in for the pretrain output: finetune starts from it
-        wf.store.update("pretrain", status="completed", fingerprint=wf.fps["pretrain"], finished=time.time(),
-                        outputs={"model": init_from, "source": f"models:/{name}@champion (v{champion[0]})"})
-        only.remove("pretrain")
-    reports = {r.name: r for r in wf.run(only=only)}
-    challenger_score = _score(reports["evaluate"].outputs, rc.metric, "challenger")
-
-    exp_id = ensure_experiment(client, cfg.tracking.experiment, cfg.pipeline.root)
-    run_id = client.create_run(exp_id, run_name="retrain-decision", tags={"deco.round": str(round_no)}).info.run_id
-    champion_score = None
-    if champion:
-        ensure_ray(rcfg)
-        eval_run = client.create_run(exp_id, run_name=f"champion-eval-v{champion[0]}",
-                                     tags={PARENT_TAG: run_id, "deco.model_version": champion[0]}).info.run_id
-        result = evaluate(champion[1], rcfg.eval.tasks, eval_uris, join_uri(root, "champion", "eval"), rcfg.eval,
-                          TrackingConfig(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment),
-                          storage=storage, run_id=eval_run)
-        client.set_terminated(eval_run, "FINISHED")
-        champion_score = _score(result["metrics"], rc.metric, "champion")
-
-    ft = reports["finetune"]
-    scores = {k: v for k, v in reports["evaluate"].outputs.items() if k.startswith("eval/")}
-    version = register_model(tracking_uri, ft.run_id, _local_dir(ft.outputs["model"], storage), name,
-                             {"deco.round": round_no, "deco.init": init, "deco.data_seed": rcfg.data.shapes.seed,
-                              **scores}, aliases=("challenger",))
+    root = join_uri(base, f"{time.strftime('%Y%m%d-%H%M%S')}-r{round_no}")
+    eval_uris = eval_data(replace(cfg, pipeline=replace(cfg.pipeline, root=base)))  # the same shards every round
+    with tempfile.TemporaryDirectory(prefix="deco-retrain-") as scratch:
+        local = scratch if is_remote(root) else root
+        champion = _fetch_champion(client, tracking_uri, name, join_uri(local, "champion"))
+        init = rc.init if champion else "scratch"
+        init_from = None
+        if init == "champion" and champion:
+            init_from = _copy(champion[1], join_uri(root, "champion", "model"), storage, upload=True) \
+                if is_remote(root) else champion[1]
+        rcfg = round_config(cfg, round_no, root, tracking_uri, eval_uris, init_from)
+        log.info("retrain round %d under %s: init=%s, data seed %d", round_no, root, init, rcfg.data.shapes.seed)
+        reports = _train_challenger(rcfg, champion)
+        challenger_score = _score(reports["evaluate"].outputs, rc.metric, "challenger")
+        exp_id = ensure_experiment(client, cfg.tracking.experiment, base)
+        run_id = client.create_run(exp_id, run_name="retrain-decision", tags={"deco.round": str(round_no)}).info.run_id
+        champion_score = _score_champion(client, rcfg, champion, run_id, exp_id) if champion else None
+        ft = reports["finetune"]
+        model_dir = ft.outputs["model"]
+        if is_remote(model_dir):
+            model_dir = _copy(model_dir, join_uri(scratch, "challenger"), storage, upload=False)
+        scores = {k: v for k, v in reports["evaluate"].outputs.items() if k.startswith("eval/")}
+        version = register_model(tracking_uri, ft.run_id, model_dir, name,
+                                 {"deco.round": round_no, "deco.init": init, "deco.data_seed": rcfg.data.shapes.seed,
+                                  **scores}, aliases=("challenger",))
+    champion_version = champion[0] if champion else None
     params = {"round": round_no, "init": init, "data_seed": rcfg.data.shapes.seed, "root": root,
-              "challenger_version": version, "champion_version": champion[0] if champion else "none"}
+              "challenger_version": version, "champion_version": champion_version or "none"}
     decision = promote_if_better(tracking_uri, name, version, challenger_score, champion_score, rc,
-                                 experiment=cfg.tracking.experiment, run_id=run_id, params=params,
-                                 root=cfg.pipeline.root)
+                                 experiment=cfg.tracking.experiment, run_id=run_id, params=params, root=base)
     after = client.get_registered_model(name).aliases["champion"]
-    return RetrainDecision(decision, rc.metric, version, challenger_score, champion[0] if champion else None,
-                           champion_score, str(after), rc.margin, rc.higher_is_better, init,
-                           rcfg.data.shapes.seed, root, run_id)
+    return RetrainDecision(decision, rc.metric, version, challenger_score, champion_version, champion_score,
+                           str(after), rc.margin, rc.higher_is_better, init, rcfg.data.shapes.seed, root, run_id)
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -250,10 +262,15 @@ def register(app: typer.Typer) -> None:
 
         from deco_core.cli import load_config
 
-        result = retrain(load_config(config, overrides))
+        console = Console()
+        try:
+            result = retrain(load_config(config, overrides))
+        except ConfigError as exc:
+            console.print(f"[red]config error:[/red] {exc}")
+            raise typer.Exit(2) from None
         table = Table(title=f"retrain decision: {result.decision}")
         table.add_column("field")
         table.add_column("value")
         for key, value in asdict(result).items():
             table.add_row(key, "-" if value is None else str(value))
-        Console().print(table)
+        console.print(table)

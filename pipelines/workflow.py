@@ -98,7 +98,7 @@ def fingerprints(cfg: Config, stages: dict[str, StageSpec]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, spec in stages.items():  # table order is topological
         payload = {"stage": name, "config": {k: _select(data, k) for k in spec.config_keys},
-                   "deps": {d: out[d] for d in spec.deps}, "code": code_version()}
+                   "deps": {d: out[d] for d in spec.deps if d in out}, "code": code_version()}
         out[name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return out
 

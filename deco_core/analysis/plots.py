@@ -44,6 +44,12 @@ def upsample(values: torch.Tensor, grid: int, size: int) -> np.ndarray:
     return F.interpolate(cells, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """One line of at most `limit` characters, without the image placeholder."""
+    line = " ".join(text.replace("<image>", " ").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def _new_figure(rows: int, cols: int, cell: float = 2.2) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(cols * cell, rows * cell), dpi=100)
     FigureCanvasAgg(fig)
@@ -89,7 +95,7 @@ def plot_relevance(result: RelevanceResult, image: Image.Image, path: str | Path
         axes[row, 0].set_ylabel(repr(word), fontsize=9)
         _draw_query_map(axes[row, 1], result.t2q[row], result.query_grid)
         _overlay(axes[row, 2], pixels, result.t2p[row], result.patch_grid)
-    fig.suptitle(f"Q: {result.prompt.replace(chr(10), ' ')[-80:]}\nA: {result.answer[:80]}", fontsize=9)
+    fig.suptitle(f"Q: {_short(result.prompt)}\nA: {_short(result.answer)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     log.info("wrote relevance figure %s", path)

@@ -4,10 +4,11 @@ held-out validation split, each a shard folder with its manifest under ``data.ro
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from deco_core.config import DataConfig
-from deco_core.data.shapes import caption_samples, instruct_samples
+from deco_core.data.shapes import SHAPES_GENERATORS, caption_samples, instruct_samples
 from deco_core.data.shards import write_shards
 from deco_core.data.storage import join_uri
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 class CorpusUris:
     pretrain: str
     finetune: str
+    finetune_formats: str
     val_pretrain: str
     val_finetune: str
 
@@ -26,8 +28,19 @@ class CorpusUris:
 
 
 def corpus_uris(root: str) -> CorpusUris:
-    return CorpusUris(join_uri(root, "pretrain"), join_uri(root, "finetune"), join_uri(root, "val_pretrain"),
-                      join_uri(root, "val_finetune"))
+    return CorpusUris(join_uri(root, "pretrain"), join_uri(root, "finetune"), join_uri(root, "finetune_formats"),
+                      join_uri(root, "val_pretrain"), join_uri(root, "val_finetune"))
+
+
+FORMAT_STREAMS = ("vqa", "pope", "mc", "rec")
+
+
+def format_samples(n: int, seed: int, split: str, shapes) -> Iterator[dict]:
+    """Benchmark-format training samples (short-answer VQA, yes/no, A-D choice, referring boxes), like the
+    VQAv2 / A-OKVQA / RefCOCO parts of LLaVA-665K: n split evenly over the formats, drawn from the *train* split
+    so they never share an image with the eval sets."""
+    for stream in FORMAT_STREAMS:
+        yield from SHAPES_GENERATORS[stream][0](n // len(FORMAT_STREAMS), seed=seed, split=split, config=shapes)
 
 
 def build_shapes_corpus(data: DataConfig, root: str | None = None, progress: bool = True) -> CorpusUris:
@@ -39,6 +52,8 @@ def build_shapes_corpus(data: DataConfig, root: str | None = None, progress: boo
     plan = [
         (uris.pretrain, caption_samples(data.caption_samples, seed, "train", shapes), "shapes-caption", "train"),
         (uris.finetune, instruct_samples(data.instruct_samples, seed, "train", shapes), "shapes-instruct", "train"),
+        (uris.finetune_formats, format_samples(data.format_samples, seed, "train", shapes), "shapes-formats",
+         "train"),
         (uris.val_pretrain, caption_samples(n_val, seed, "val", shapes), "shapes-caption", "val"),
         (uris.val_finetune, instruct_samples(n_val, seed, "val", shapes), "shapes-instruct", "val"),
     ]

@@ -185,7 +185,7 @@ def read_source(uri: str, storage: StorageConfig, counts: Counter, num_cpus: flo
     if not urls:
         raise FileNotFoundError(f"no readable shards under {uri} (see the warnings above)")
     ds = ray.data.read_webdataset(urls, filesystem=pyarrow_filesystem(uri, storage), decoder=None,
-                                  shuffle="files" if shuffle else None, ray_remote_args={"num_cpus": num_cpus})
+                                  shuffle="files" if shuffle else None, num_cpus=num_cpus)
     return ds, total
 
 
@@ -215,6 +215,9 @@ def build_dataset(sources: list[tuple[str, float]], spec: PreprocessSpec, storag
     raw, total = mix_sources(sources, storage, counts, num_cpus, samples, shuffle)
     if counter_name and counts:
         get_quality_counter(counter_name).add.remote(dict(counts))
+    from ray.data import ActorPoolStrategy
+
     ds = raw.map_batches(Preprocessor, fn_constructor_kwargs={"spec": spec, "counter_name": counter_name},
-                         batch_size=batch_size, num_cpus=num_cpus, concurrency=concurrency)
+                         batch_size=batch_size, num_cpus=num_cpus,
+                         compute=ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]))
     return ds, total

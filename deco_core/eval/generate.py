@@ -227,11 +227,14 @@ def run_generation_tasks(model_uri: str, data_uris: Mapping[str, str], out_uri: 
     parts = {task: _tagged_source(task, uri, storage, cfg.limit) for task, uri in data_uris.items()}
     datasets = [ds for ds, _ in parts.values()]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    from ray.data import ActorPoolStrategy
+
     ds = ds.map_batches(
         GenerationActor,
         fn_constructor_kwargs={"model_uri": model_uri, "max_new_tokens": cfg.max_new_tokens, "storage": storage,
                                "num_threads": max(1, int(cfg.cpus_per_actor))},
-        batch_size=cfg.batch_size, concurrency=cfg.num_actors, num_cpus=cfg.cpus_per_actor, num_gpus=num_gpus or None,
+        batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.cpus_per_actor,
+        num_gpus=num_gpus or None,
     )
     fs = pyarrow_filesystem(out_uri, storage)
     target = get_filesystem(out_uri, storage)[1] if fs is None else out_uri.split("://", 1)[1]

@@ -16,6 +16,11 @@ def train_sources(cfg: Config, stage: str, prepared: dict) -> tuple[list[tuple[s
     configured = cfg.data.pretrain_sources if stage == "pretrain" else cfg.data.finetune_sources
     if configured:
         return [(s.uri, s.weight) for s in configured], None
+    if stage == "finetune" and prepared.get("finetune_formats"):
+        # instructions and benchmark-format samples, mixed in proportion to their sizes
+        mix = [(prepared["finetune"], float(prepared.get("finetune_samples", 1))),
+               (prepared["finetune_formats"], float(prepared.get("finetune_formats_samples", 1)))]
+        return mix, prepared.get("val_finetune")
     return [(prepared[stage], 1.0)], prepared.get(f"val_{stage}")
 
 

@@ -157,3 +157,15 @@ def test_retrain_round_end_to_end(mlflow_server: MlflowServer, tiny_exports: lis
     assert decision_run.data.params["retrain.init"] == "champion"
     assert list(Path(result.root).glob("prepare_data/*/shards/**/*.tar"))
     assert list(Path(result.root).glob("champion/model/*.safetensors"))
+
+
+def test_cli_retrain_is_registered_and_reports_config_errors(tmp_path: Path) -> None:
+    """`deco retrain` exists and an invalid retrain setting exits with code 2 naming the key, creating nothing."""
+    from typer.testing import CliRunner
+
+    from deco_core.cli import app
+
+    result = CliRunner().invoke(app, ["retrain", "--config", "conf/pipeline/retrain.yaml", "retrain.init=warm",
+                                      f"pipeline.root={tmp_path / 'r'}"])
+    assert result.exit_code == 2, result.output
+    assert "retrain.init" in result.output and not (tmp_path / "r").exists()

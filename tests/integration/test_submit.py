@@ -174,3 +174,30 @@ def test_entrypoint_env_and_config_are_shaped_for_the_job(monkeypatch: pytest.Mo
     assert "HOME_SECRET_UNRELATED" not in env["env_vars"]
     with pytest.raises(SubmitError, match="expected a non-empty list"):
         submit_pipeline("127.0.0.1:1", "pipeline/tiny", [], ["train"])
+
+
+def test_auth_refusal_explains_tokens_and_auth_mode() -> None:
+    """A dashboard answering 401 gives a SubmitError that names the address and the token / auth-mode settings."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b"Unauthorized: Missing authentication token")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(SubmitError) as err:
+            submit_pipeline(address, "pipeline/tiny", [], ["prepare_data"])
+        assert address in str(err.value)
+        assert "RAY_AUTH_TOKEN" in str(err.value) and "RAY_AUTH_MODE=disabled" in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
