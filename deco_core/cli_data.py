@@ -51,7 +51,7 @@ def build(
         from deco_core.data.convert import ConversionStats, get_converter
 
         try:
-            convert = get_converter(source)
+            convert = get_converter(source.replace("-", "_"))  # llava-pretrain == llava_pretrain
         except KeyError as exc:
             raise typer.BadParameter(str(exc)) from None
         stats = ConversionStats()

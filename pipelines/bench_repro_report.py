@@ -41,9 +41,9 @@ def _steady_step_time(client, run_id: str) -> float:
     return statistics.fmean(values[1:] or values)
 
 
-def collect_run(cfg: Config, spec: dict[str, Any], state: dict[str, Any], analysis: dict[str, Any],
-                tracking_uri: str, tokenizer) -> dict[str, Any]:
-    """One finished run's measurements from the workflow state, its MLflow runs and the analysis outputs."""
+def collect_run(cfg: Config, spec: dict[str, Any], state: dict[str, Any], tracking_uri: str,
+                tokenizer) -> dict[str, Any]:
+    """One finished run's measurements from its workflow state (stage outputs and times) and MLflow runs."""
     from mlflow import MlflowClient
 
     from deco_core.model.deco import DecoModel
@@ -57,9 +57,8 @@ def collect_run(cfg: Config, spec: dict[str, Any], state: dict[str, Any], analys
         t = getattr(cfg, s)
         trainable[s] = sum(n for n, _ in model.freeze_for_stage(s, t.train_vision, t.train_projector,
                                                                  t.train_llm).values())
-    evaluated = state["evaluate"]["outputs"]
-    wall = {s: float(state[s]["seconds"]) for s in (*STAGES, "evaluate")}
-    wall["analyze"] = float(state["analyze"]["seconds"] if "analyze" in state else analysis["seconds"])
+    evaluated, analysis = state["evaluate"]["outputs"], state["analyze"]["outputs"]
+    wall = {s: float(state[s]["seconds"]) for s in (*STAGES, "evaluate", "analyze")}
     return {
         **{k: v for k, v in spec.items() if k != "tokens"}, "visual_tokens": model.num_image_tokens, "projector_params": model.parameter_summary()["projector"][1],
         "trainable_params": trainable, "wall_s": wall, "step_s": step_s, "loss": loss,

@@ -11,8 +11,6 @@ from deco_core.eval.tasks import TASKS
 from pipelines.bench_report import fmt, markdown_table
 from pipelines.bench_repro_report import GROUPS, LOCALITY, STAGES
 
-TINY_DEFAULT_STEPS = (150, 400)  # conf/train/{pretrain,finetune}_tiny.yaml
-
 
 def _ms(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
     """``mean ± std (n=k)`` of a stats dict, optionally scaled (fractions -> points)."""
@@ -27,20 +25,30 @@ def _steps(stat: dict[str, Any], max_steps: int) -> str:
     return cell if stat["reached"] == stat["runs"] else f"{cell}; {stat['runs'] - stat['reached']} run(s) never"
 
 
+def _mixture(shared: dict[str, Any]) -> str:
+    """'pretrain: 4,000 pretrain; finetune mix: 8,000 finetune + 4,000 finetune_formats' (samples per folder)."""
+    def names(sources: list) -> str:
+        folders = [str(uri).rstrip("/").rsplit("/", 1)[-1] for uri, _ in sources]
+        return " + ".join(f"{fmt(shared['samples'][f + '_samples'])} {f}" for f in folders)
+
+    return f"pretrain: {names(shared['pretrain'])}; finetune mix: {names(shared['finetune'])}"
+
+
 def _setup(s: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     shared = s["shared"]
-    reduced = (s["pretrain_steps"], s["finetune_steps"]) != TINY_DEFAULT_STEPS
+    default = (shared["default_steps"]["pretrain"], shared["default_steps"]["finetune"])
+    reduced = (s["pretrain_steps"], s["finetune_steps"]) != default
     return [
         "# DeCo vs compressive projectors, in miniature (ShapesWorld, tiny scale)", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {len(summary['runs'])} runs in {summary['wall_s'] / 60:.1f} min "
         f"(grid `{', '.join(s['projectors'])}` × M = {', '.join(map(str, s['tokens']))} visual tokens from the 12×12 "
         f"patch grid{', plus `' + s['reference'] + '` on all 144 patches' if s['reference'] else ''}; seeds "
-        f"{', '.join(map(str, s['seeds']))}). Every run reads the same shards ({shared['samples'].get('pretrain_samples', '?')} "
-        f"captions, {shared['samples'].get('finetune_samples', '?')} instructions, prepared once) and is scored on the "
+        f"{', '.join(map(str, s['seeds']))}). Every run reads the same shards ({_mixture(shared)}, prepared once) and "
+        "is scored on the "
         f"same frozen eval set ({s['eval_samples']} questions per task) and {s['analysis_samples']} locality probes.",
         "",
         f"Steps: **{s['pretrain_steps']} pretrain + {s['finetune_steps']} finetune** (global batch 32)"
-        + (f", cut from the tiny default {TINY_DEFAULT_STEPS[0]} + {TINY_DEFAULT_STEPS[1]} so the whole grid fits "
+        + (f", cut from the tiny default {default[0]} + {default[1]} so the whole grid fits "
            "the time budget on 2 CPU cores: absolute scores are far below a converged run; compare projectors with "
            "each other, not with the paper." if reduced else "."),
         "",

@@ -40,6 +40,7 @@ class ReproduceConfig:
     finetune_log_every: int = 5
     caption_samples: int = 4000
     instruct_samples: int = 8000
+    format_samples: int = 4000
     eval_samples: int = 64
     analysis_samples: int = 8
     max_length: int = 336
@@ -67,10 +68,10 @@ class RunSpec:
 
 @dataclass
 class SharedData:
-    """Shard folders every run reads: training corpus and the frozen eval set."""
+    """Shard folders every run reads: the training mixtures as (uri, weight) and the frozen eval set."""
 
-    pretrain: str
-    finetune: str
+    pretrain: list[tuple[str, float]]
+    finetune: list[tuple[str, float]]
     eval: dict[str, str]
     samples: dict[str, int]
 
@@ -104,23 +105,21 @@ def grid(rc: ReproduceConfig) -> list[RunSpec]:
     return runs
 
 
-def _analysis_in_workflow() -> bool:
-    """The workflow's analyze stage needs ``deco_core.analysis.locality.run_analysis``."""
-    from deco_core.analysis import locality
-
-    return hasattr(locality, "run_analysis")
-
-
 def common_overrides(rc: ReproduceConfig, root: Path, tracking_uri: str) -> list[str]:
     """Overrides shared by the data preparation and every run (same data config -> same corpus)."""
     return [f"pipeline.root={root}", f"tracking.experiment={EXPERIMENT}", f"tracking.tracking_uri={tracking_uri}",
             f"data.caption_samples={rc.caption_samples}", f"data.instruct_samples={rc.instruct_samples}",
+            f"data.format_samples={rc.format_samples}",
             f"data.eval_samples={rc.eval_samples}", f"model.tokenizer.max_length={rc.max_length}",
             "tracking.system_metrics=false", *rc.overrides]
 
 
 def prepare_shared(rc: ReproduceConfig, out: Path, tracking_uri: str) -> SharedData:
-    """Run ``prepare_data`` once under ``<out>/shared`` and build the frozen eval shards beside it."""
+    """Run ``prepare_data`` once under ``<out>/shared`` and build the frozen eval shards beside it.
+
+    The training mixtures are the ones the workflow would use on its own prepared shards (``train_sources``).
+    """
+    from pipelines.stages.common import train_sources
     from pipelines.stages.evaluate import eval_data
     from pipelines.workflow import Workflow
 
@@ -128,12 +127,13 @@ def prepare_shared(rc: ReproduceConfig, out: Path, tracking_uri: str) -> SharedD
                             "pipeline.stages=[prepare_data]"])
     outputs = Workflow(cfg).run()[0].outputs
     samples = {k: int(v) for k, v in outputs.items() if k.endswith("_samples")}
-    return SharedData(outputs["pretrain"], outputs["finetune"], eval_data(cfg), samples)
+    return SharedData(train_sources(cfg, "pretrain", outputs)[0], train_sources(cfg, "finetune", outputs)[0],
+                      eval_data(cfg), samples)
 
 
 def run_config(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path, tracking_uri: str) -> Config:
     """The full pipeline config of one grid cell: projector/M/seed and the shared data and eval set."""
-    stages = ["prepare_data", "pretrain", "finetune", "evaluate"] + (["analyze"] if _analysis_in_workflow() else [])
+    stages = ["prepare_data", "pretrain", "finetune", "evaluate", "analyze"]
     overrides = [
         *common_overrides(rc, out / spec.name, tracking_uri), f"model.projector={spec.projector}",
         f"pipeline.name={spec.name}", f"pipeline.stages=[{','.join(stages)}]", f"model.seed={spec.seed}",
@@ -146,32 +146,11 @@ def run_config(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path
     if spec.tokens is not None:
         overrides.append(f"model.projector.num_tokens={spec.tokens}")
     cfg = compose(rc.base, overrides)
-    cfg.data.pretrain_sources = [SourceConfig(shared.pretrain, 1.0)]
-    cfg.data.finetune_sources = [SourceConfig(shared.finetune, 1.0)]
+    cfg.data.pretrain_sources = [SourceConfig(uri, float(w)) for uri, w in shared.pretrain]
+    cfg.data.finetune_sources = [SourceConfig(uri, float(w)) for uri, w in shared.finetune]
     cfg.eval.data = dict(shared.eval)
     validate(cfg)
     return cfg
-
-
-def _analysis_outputs(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
-    """The analyze stage's outputs, or (while the workflow lacks it) the same library call, cached on disk."""
-    if "analyze" in state:
-        return state["analyze"]["outputs"]
-    import json
-
-    from deco_core.cli_analyze import run_analysis
-
-    out_dir = Path(cfg.pipeline.root) / "analysis"
-    cached = out_dir / "scores.json"
-    model = state["finetune"]["outputs"]["model"]
-    if cached.is_file() and json.loads(cached.read_text()).get("model") == model:
-        return json.loads(cached.read_text())
-    started = time.perf_counter()
-    scores = run_analysis(model, out_dir, cfg.analysis.num_samples, cfg.eval.seed)["scores"]
-    result = {"model": model, "seconds": time.perf_counter() - started,
-              **{k: float(v) for k, v in scores.items() if isinstance(v, int | float)}}
-    cached.write_text(json.dumps(result, indent=2))
-    return result
 
 
 def run_one(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path, tracking_uri: str,
@@ -185,9 +164,8 @@ def run_one(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path, t
     log.info("reproduce: run %s under %s", spec.name, cfg.pipeline.root)
     workflow.run()
     state = workflow.load_state()["stages"]
-    analysis = _analysis_outputs(cfg, state)
-    return collect_run(cfg, asdict(spec) | {"name": spec.name, "config": spec.config_name}, state, analysis,
-                       tracking_uri, tokenizer)
+    return collect_run(cfg, asdict(spec) | {"name": spec.name, "config": spec.config_name}, state, tracking_uri,
+                       tokenizer)
 
 
 def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
@@ -221,7 +199,9 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
             ray.shutdown()
     if not runs:
         raise RuntimeError(f"reproduce: every run failed: {failed}")
-    summary = summarise(rc, runs, failed, asdict(shared), time.time() - started)
+    default = compose(rc.base)
+    summary = summarise(rc, runs, failed, {**asdict(shared), "default_steps": {
+        "pretrain": default.pretrain.max_steps, "finetune": default.finetune.max_steps}}, time.time() - started)
     write_outputs(summary, out, tracking_uri, EXPERIMENT)
     if failed:
         raise RuntimeError(f"reproduce: {len(failed)} run(s) failed (tables cover the rest): {failed}")

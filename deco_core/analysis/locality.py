@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PROBE_STREAM = "relevance"
 PROBE_SPLIT = "analysis"
+TIE_TOLERANCE = 1e-6
+"""Patches within this relative distance of the maximum count as argmax (pointing game)."""
 DEFAULT_KINDS: tuple[str, ...] = ("colour", "shape")
 """Question types whose one-word answer is read off one object (its box is the ground truth)."""
 
@@ -91,6 +93,10 @@ def map_scores(relevance: Tensor, top_fraction: float = 0.05) -> dict[str, float
 def box_scores(relevance: Tensor, bbox: Sequence[float], grid: int) -> dict[str, float] | None:
     """Share of mass inside the box, its uniform baseline, lift and pointing hit for a map r [grid*grid].
 
+    Pointing game with ties: the hit is the fraction of the maximal patches that lie in the box (1 or 0
+    for a unique argmax). A pooled map is constant over each pooling window, so a plain argmax would just
+    pick the window's first patch.
+
     None when no patch centre lies in the box (the baseline would be 0) or the map is all zero.
     """
     r = relevance.double().clamp(min=0)
@@ -102,8 +108,9 @@ def box_scores(relevance: Tensor, bbox: Sequence[float], grid: int) -> dict[str,
         return None
     share = float(r[inside].sum()) / total
     baseline = float(inside.double().mean())
-    return {"share": share, "baseline": baseline, "lift": share / baseline,
-            "hit": float(inside[int(r.argmax())]), **map_scores(r)}
+    peak = r >= r.max() * (1 - TIE_TOLERANCE)  # the argmax set: pooling gives whole windows equal values
+    hit = float((peak & inside).sum()) / float(peak.sum())
+    return {"share": share, "baseline": baseline, "lift": share / baseline, "hit": hit, **map_scores(r)}
 
 
 def locality_scores(model, samples: Sequence[LocalitySample], teacher_force: bool = True,

@@ -9,7 +9,7 @@ from pipelines.stages.common import stage_main
 
 
 def run(ctx) -> dict[str, Any]:
-    from deco_core.analysis.locality import run_analysis
+    from deco_core.cli_analyze import run_analysis
     from deco_core.tracking import MlflowTracker
 
     cfg = ctx.cfg

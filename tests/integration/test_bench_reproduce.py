@@ -53,12 +53,13 @@ def test_grid_file_with_unknown_projector_is_rejected(tmp_path):
 def test_grid_cell_config_reads_shared_data_and_sets_projector_tokens_seed(tmp_path):
     """A cell's pipeline config trains on the shared shards, scores on the shared eval set, and sets its M and seed."""
     rc = load_reproduce_config(FULL_CONFIG)
-    shared = SharedData("/d/pretrain", "/d/finetune", {"shapes-vqa": "/d/eval/vqa"}, {})
+    shared = SharedData([("/d/pretrain", 1.0)], [("/d/finetune", 3.0), ("/d/formats", 1.0)],
+                        {"shapes-vqa": "/d/eval/vqa"}, {})
     cfg = run_config(rc, RunSpec("qformer", 36, 1), shared, tmp_path, "sqlite:///x.db")
     assert cfg.model.projector.name == "qformer" and cfg.model.projector.num_tokens == 36
     assert cfg.model.seed == cfg.pretrain.seed == cfg.finetune.seed == 1
     assert [s.uri for s in cfg.data.pretrain_sources] == ["/d/pretrain"]
-    assert [s.uri for s in cfg.data.finetune_sources] == ["/d/finetune"]
+    assert [(s.uri, s.weight) for s in cfg.data.finetune_sources] == [("/d/finetune", 3.0), ("/d/formats", 1.0)]
     assert cfg.eval.data == {"shapes-vqa": "/d/eval/vqa"}
     assert (cfg.pretrain.max_steps, cfg.finetune.max_steps) == (rc.pretrain_steps, rc.finetune_steps)
     assert cfg.pipeline.root == str(tmp_path / "qformer-36-s1")

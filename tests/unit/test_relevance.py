@@ -230,7 +230,7 @@ def test_build_inputs_rejects_bad_prompts(deco_model, image) -> None:
 
 # ---------------------------------------------------------------------------------------------- locality
 def test_box_scores_uniform_and_peaked_maps() -> None:
-    """A uniform map scores share = baseline (lift 1, concentration 0); a map inside the box hits with share 1."""
+    """Uniform map: share = baseline, lift 1, concentration 0; map inside the box: share 1, hit 1; ties split the hit."""
     inside = patches_in_box([0.0, 0.0, 0.5, 0.5], 4)
     assert inside.sum() == 4 and inside[0] and inside[5] and not inside[2]
     uniform = box_scores(torch.ones(16), [0.0, 0.0, 0.5, 0.5], 4)
@@ -240,6 +240,9 @@ def test_box_scores_uniform_and_peaked_maps() -> None:
     peaked = box_scores(inside.float(), [0.0, 0.0, 0.5, 0.5], 4)
     assert peaked is not None and peaked["share"] == 1.0 and peaked["hit"] == 1.0 and peaked["lift"] == 4.0
     assert box_scores(torch.ones(16), [0.3, 0.3, 0.32, 0.32], 4) is None  # no patch centre inside
+    tied = torch.zeros(16)
+    tied[[0, 3]] = 1.0  # two equal peaks: one inside the box, one outside
+    assert box_scores(tied, [0.0, 0.0, 0.5, 0.5], 4)["hit"] == 0.5  # type: ignore[index]
 
 
 def test_locality_samples_are_fixed_and_name_their_object() -> None:
