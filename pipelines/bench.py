@@ -58,7 +58,8 @@ SETTINGS = {
 def _configs(out_dir: Path, s: BenchSettings, config: str, overrides: list[str]):
     base = [f"pipeline.root={out_dir}", f"tracking.experiment={EXPERIMENT}", f"data.root={out_dir / 'data'}",
             f"data.caption_samples={s.caption_samples}", f"data.instruct_samples={s.instruct_samples}",
-            "data.samples_per_shard=128", "data.format_samples=32", f"model.tokenizer.max_length={MAX_LENGTH}", f"finetune.max_steps={s.train_steps}", "finetune.log_every=1",
+            "data.samples_per_shard=128", "data.format_samples=32", f"model.tokenizer.max_length={MAX_LENGTH}",
+            f"finetune.max_steps={s.train_steps}", "finetune.log_every=1",
             f"finetune.checkpoint_every={s.train_steps}", "finetune.init_from=null", *overrides]
     main = compose(config, base)
     main.tracking.tracking_uri = resolve_tracking_uri(main.tracking, out_dir)

@@ -120,7 +120,8 @@ def _section_f_g(cold: dict[str, Any], mem: dict[str, Any]) -> list[str]:
         "",
         "## (g) Peak memory per process",
         "Driver: `resource.getrusage(RUSAGE_SELF).ru_maxrss`. Workers: peak RSS of each Ray worker process "
-        "descended from the driver, sampled with psutil every 0.2 s during (d) (so short spikes can be missed).",
+        "descended from the driver, sampled with psutil every 0.2 s during (d) (short spikes can be missed); "
+        "count = worker processes seen, restarted ones included.",
         "", markdown_table(["process", "count", "peak RSS (MiB)", "note"], rows), "",
     ]
 

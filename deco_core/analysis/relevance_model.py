@@ -199,7 +199,8 @@ def token_relevance(model, inputs: RelevanceInputs, target_positions: Sequence[i
         for p in targets:
             y = fwd.logits[0, p - 1, inputs.input_ids[0, p]]
             grads = torch.autograd.grad(y, attns + [m["attn"] for m in maps], retain_graph=True, allow_unused=True)
-            a_bars = [avg_heads(a[0], _or_zeros(g, a)[0]) for a, g in zip(attns, grads[: len(attns)], strict=True)]
+            a_bars = [avg_heads(a[0].detach(), _or_zeros(g, a)[0])
+                      for a, g in zip(attns, grads[: len(attns)], strict=True)]
             t2q_rows.append(relevance_row(a_bars, p - 1)[image_pos].detach().cpu())
             if maps:
                 entries = [{"kind": m["kind"], "attn": m["attn"][0].detach(), "grad": _or_zeros(g, m["attn"])[0]}

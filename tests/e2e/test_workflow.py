@@ -97,5 +97,5 @@ def test_default_tiny_recipe_learns_colours_and_grounding(ray_local, tmp_path):
     rows = pq.read_table(reports["evaluate"].outputs["predictions"]).to_pylist()
     colour = [r for r in rows if r["task"] == "shapes-vqa" and "colour" in r["prompt"]]
     accuracy = sum(r["score"] for r in colour) / len(colour)
-    assert len(colour) >= 50 and accuracy > 0.5
+    assert len(colour) >= 50 and accuracy > 0.4  # chance: 1/6
     assert reports["evaluate"].outputs["eval/shapes-rec/acc_at_0.5"] > 0.08

@@ -131,7 +131,7 @@ def test_quick_bench_fills_every_field_with_finite_ratios(ray_local, tmp_path, m
     assert data["compression"]["flop_ratio_mlp_over_deco"] > 1.5
     assert 0.0 <= data["trainer"]["data_wait"]["mean_frac"] <= 1.0
     assert data["cold_start"]["to_first_step_s"] > data["cold_start"]["to_train_workers_s"] > 0
-    assert data["memory"]["workers"]["train_worker"]["processes"] == 2
+    assert data["memory"]["workers"]["train_worker"]["processes"] >= 2  # 2 workers (+ any restarted ones)
     md = (out / "bench.md").read_text()
     for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"):
         assert f"## {section}" in md
