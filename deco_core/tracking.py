@@ -43,18 +43,22 @@ def get_or_create_run(tracking_uri: str, experiment: str, run_name: str, root: s
                       parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
     """The id of the unfinished run named ``run_name`` in the experiment, or of a new one.
 
-    Relaunching a stage with the same run name therefore continues the same MLflow run.
+    Relaunching a stage with the same run name therefore continues the same MLflow run; when it is relaunched
+    from a new workflow run, the existing run is moved under the new parent.
     """
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment, root)
     query = f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'"
-    if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
     found = client.search_runs([exp_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
     if found:
-        return found[0].info.run_id
+        run_id = found[0].info.run_id
+        if parent_run_id and found[0].data.tags.get(PARENT_TAG) != parent_run_id:
+            client.set_tag(run_id, PARENT_TAG, parent_run_id)
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
     all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id

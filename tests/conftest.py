@@ -39,5 +39,6 @@ def tiny_corpus(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     cfg = compose("pipeline/tiny", [f"data.root={root}", "data.caption_samples=800", "data.instruct_samples=800",
-                                    "data.eval_samples=256", "data.samples_per_shard=200"])
+                                    "data.eval_samples=256", "data.format_samples=200",
+                                    "data.samples_per_shard=200"])
     return build_shapes_corpus(cfg.data, progress=False)

@@ -24,7 +24,7 @@ STAGES = "[prepare_data,pretrain,finetune,evaluate,register]"
 
 def _overrides(root: Path, mlflow_uri: str) -> list[str]:
     return [f"pipeline.root={root}", f"tracking.tracking_uri={mlflow_uri}", f"pipeline.stages={STAGES}",
-            "data.caption_samples=400", "data.instruct_samples=400", "data.eval_samples=48",
+            "data.caption_samples=400", "data.instruct_samples=400", "data.format_samples=200", "data.eval_samples=48",
             "pretrain.max_steps=6", "pretrain.checkpoint_every=3", "finetune.max_steps=24",
             "finetune.checkpoint_every=4", "finetune.log_every=2", "tracking.system_metrics=false"]
 

@@ -136,7 +136,7 @@ def test_retrain_round_end_to_end(mlflow_server: MlflowServer, tiny_exports: lis
     cfg = compose("pipeline/retrain", [
         f"pipeline.root={tmp_path}", f"tracking.tracking_uri={mlflow_server.uri}", f"tracking.experiment={experiment}",
         f"tracking.registered_model={name}", "tracking.system_metrics=false", "data.caption_samples=200",
-        "data.instruct_samples=200", "data.eval_samples=24", "data.samples_per_shard=100", "finetune.max_steps=5",
+        "data.instruct_samples=200", "data.format_samples=64", "data.eval_samples=24", "data.samples_per_shard=100", "finetune.max_steps=5",
         "finetune.checkpoint_every=5", "finetune.log_every=1", "finetune.max_failures=0", "eval.batch_size=24",
         "eval.worst_cases=2"])
     client = MlflowClient(mlflow_server.uri)

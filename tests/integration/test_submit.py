@@ -119,7 +119,7 @@ def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: Mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "deco-secret-value-xyz")  # passed through, never logged
     root = tmp_path / "root"
-    overrides = [f"pipeline.root={root}", "data.caption_samples=64", "data.instruct_samples=64",
+    overrides = [f"pipeline.root={root}", "data.caption_samples=64", "data.instruct_samples=64", "data.format_samples=64",
                  "data.eval_samples=64", f"tracking.tracking_uri={mlflow_server.uri}",
                  "tracking.experiment=submit-test"]
     caplog.set_level("INFO", logger="pipelines.submit")
