@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
     TrainConfig,
     VisionConfig,
 )
+from deco_core.data.storage import redact
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Substrings of a secret key or env-var name; "token" must be a whole word (num_tokens, TOKENIZERS_* are not).
@@ -223,9 +223,7 @@ def redact_secrets(data: Any, _key: str = "") -> Any:
     if _is_secret_name(_key) and data not in (None, "", False):
         return "***"
     if isinstance(data, str):
-        for name, value in os.environ.items():
-            if value and len(value) >= 6 and _is_secret_name(name) and value in data:
-                data = data.replace(value, "***")
+        return redact(data)  # secret values from the environment, and passwords inside URLs
     return data
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from deco_core.config import compose
 from deco_core.data.corpus import build_shapes_corpus
@@ -27,6 +28,7 @@ from pipelines.bench_report import check_complete, flatten_numbers, log_summary_
 from pipelines.bench_tables import bench_markdown
 
 log = logging.getLogger(__name__)
+_console = Console(markup=False, highlight=False)  # CLI output of `python -m ...`
 EXPERIMENT = "deco-bench"
 # Room for 144 patch tokens + the longest ShapesWorld instruction, so both projectors see the same samples
 # (longer samples would be dropped, not truncated). The tiny default (192) fits 16-36 visual tokens only.
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     results = run_bench(args.out, args.quick, args.config, args.overrides)
-    print((args.out / "bench.md").read_text())  # noqa: T201 - CLI output
-    print(f"total {results['meta']['total_s']:.0f}s; JSON: {args.out / 'bench.json'}")  # noqa: T201
+    _console.print((args.out / "bench.md").read_text())
+    _console.print(f"total {results['meta']['total_s']:.0f}s; JSON: {args.out / 'bench.json'}")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from deco_core.config import CONF_DIR, Config, ConfigError, SourceConfig, TrackingConfig, compose, validate
 from deco_core.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
+_console = Console(markup=False, highlight=False)  # CLI output of `python -m ...`
 EXPERIMENT = "deco-reproduce"
 SMOKE_CONFIG = CONF_DIR / "reproduce" / "smoke.yaml"
 FULL_CONFIG = CONF_DIR / "reproduce" / "full.yaml"
@@ -220,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     config = SMOKE_CONFIG if args.smoke else args.config
     out = args.out or Path("runs/reproduce/smoke" if args.smoke else "runs/reproduce")
     summary = run_reproduce(config, out)
-    print((out / "reproduce.md").read_text())  # noqa: T201 - CLI output
-    print(f"grid of {len(summary['runs'])} runs in {summary['wall_s']:.0f}s; outputs in {out}")  # noqa: T201
+    _console.print((out / "reproduce.md").read_text())
+    _console.print(f"grid of {len(summary['runs'])} runs in {summary['wall_s']:.0f}s; outputs in {out}")
 
 
 if __name__ == "__main__":

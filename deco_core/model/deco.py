@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 
 from deco_core.config import ModelConfig, from_dict, to_dict
 from deco_core.model.llm import build_llm, llm_from_hf_config
@@ -150,11 +150,11 @@ class DecoModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------------------------ persistence
-    def image_processor(self) -> CLIPImageProcessor:
-        """A CLIPImageProcessor matching our transform (for users of the exported model)."""
+    def image_processor(self) -> CLIPImageProcessorPil:
+        """A CLIP image processor matching our transform (PIL backend: no torchvision needed)."""
         v = self.cfg.vision
         size = self.vision.image_size
-        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                   image_mean=list(v.image_mean), image_std=list(v.image_std))
 
     def save_pretrained(self, out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
