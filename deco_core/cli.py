@@ -61,18 +61,15 @@ def model_summary(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRI
                   f"{model.num_image_tokens}")
 
 
+SUBCOMMAND_MODULES = ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze", "pipelines.cli")
+
+
 def register_subcommands() -> None:
-    """Attach the sub-apps that live in other modules (kept lazy so `deco --help` stays fast)."""
+    """Attach the sub-apps that live in other modules (each module keeps its heavy imports inside commands)."""
     import importlib
 
-    for module in ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze", "pipelines.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(app)
 
 
 register_subcommands()

@@ -127,8 +127,6 @@ def finetune(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) 
 def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
     app.add_typer(train_app, name="train")
-    try:
-        from pipelines.retrain import register as register_retrain
-    except ModuleNotFoundError:
-        return
+    from pipelines.retrain import register as register_retrain
+
     register_retrain(app)
