@@ -133,7 +133,8 @@ def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
                                out_dir, tags={"deco.kind": "bench", "deco.quick": str(quick)})
     results: dict[str, Any] = {"meta": {"quick": quick, "settings": asdict(s), "torch_threads": threads,
                                         "cores": available_cores(), "torch": torch.__version__,
-                                        "mlflow_run_id": parent, "tracking_uri": cfg.tracking.tracking_uri}}
+                                        "mlflow_run_id": parent, "tracking_uri": cfg.tracking.tracking_uri,
+                                        "measured_at": time.strftime("%Y-%m-%d %H:%M")}}
     try:
         corpus = build_shapes_corpus(cfg.data, root=str(out_dir / "data"), progress=False)
         tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)

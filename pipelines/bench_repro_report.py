@@ -5,6 +5,7 @@ loss, DeCo-minus-compressive deltas, and the outputs (JSON, markdown tables, con
 from __future__ import annotations
 
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def summarise(rc, runs: list[dict[str, Any]], failed: list[dict[str, str]], shar
                       "threshold_rule": {s: "configured" if getattr(rc, f"{s}_loss_threshold") is not None
                                          else "highest final loss over runs" for s in STAGES}},
             "thresholds": thresholds, "configs": configs, "deltas": _deltas(configs), "runs": runs,
-            "failed": failed, "wall_s": wall_s}
+            "failed": failed, "wall_s": wall_s, "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def plot_convergence(summary: dict[str, Any], path: Path) -> Path:

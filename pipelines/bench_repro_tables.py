@@ -4,12 +4,12 @@ Every number comes from the summary built by ``bench_repro_report`` out of measu
 
 from __future__ import annotations
 
-import time
+import statistics
 from typing import Any
 
 from deco_core.eval.tasks import TASKS
 from pipelines.bench_report import fmt, markdown_table
-from pipelines.bench_repro_report import GROUPS, LOCALITY, STAGES
+from pipelines.bench_repro_report import COMPRESSIVE, GROUPS, LOCALITY, STAGES
 
 
 def _ms(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
@@ -40,7 +40,8 @@ def _setup(s: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     reduced = (s["pretrain_steps"], s["finetune_steps"]) != default
     return [
         "# DeCo vs compressive projectors, in miniature (ShapesWorld, tiny scale)", "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {len(summary['runs'])} runs in {summary['wall_s'] / 60:.1f} min "
+        (f"Measured {summary['measured_at']}: " if "measured_at" in summary else "")
+        + f"{len(summary['runs'])} runs in {summary['wall_s'] / 60:.1f} min "
         f"(grid `{', '.join(s['projectors'])}` × M = {', '.join(map(str, s['tokens']))} visual tokens from the 12×12 "
         f"patch grid{', plus `' + s['reference'] + '` on all 144 patches' if s['reference'] else ''}; seeds "
         f"{', '.join(map(str, s['seeds']))}). Every run reads the same shards ({_mixture(shared)}, prepared once) and "
@@ -93,6 +94,68 @@ def _scores(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def verdict(advantage: float, spread: float) -> str:
+    """DeCo's advantage (positive = DeCo better) against the seed spread of the configs compared."""
+    if advantage == 0 and spread == 0:
+        return "tie"
+    if abs(advantage) <= spread:
+        return "within seed spread"
+    return "holds" if advantage > 0 else "does not hold"
+
+
+def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]]) -> dict[str, str]:
+    """One M: the paper's claims tested on the means, each against the largest seed std of the configs compared."""
+    cells = {}
+    margins = {}
+    for g, title in GROUPS.items():
+        margins[g] = 100 * (deco["groups"][g]["mean"] - statistics.fmean(c["groups"][g]["mean"] for c in comp))
+        spread = 100 * max(c["groups"][g]["std"] for c in (deco, *comp))
+        cells[f"DeCo ≥ compressive: {title}"] = (f"{margins[g]:+.1f} pts (seed std ≤ {spread:.1f}): "
+                                                   f"{verdict(margins[g], spread)}")
+    loc, others = margins["localization"], [v for k, v in margins.items() if k != "localization"]
+    cells["largest margin on localization"] = (f"{loc:+.1f} vs {max(others):+.1f} pts: "
+                                               + ("holds" if loc > max(others) else "does not hold"))
+    k = next(iter(LOCALITY))
+    lift = deco["locality"][k]["mean"] - statistics.fmean(c["locality"][k]["mean"] for c in comp)
+    spread = max(c["locality"][k]["std"] for c in (deco, *comp))
+    cells[f"DeCo ≥ compressive: {LOCALITY[k].lower()}"] = f"{lift:+.2f} (seed std ≤ {spread:.2f}): {verdict(lift, spread)}"
+    fewest = min(comp, key=lambda c: c["projector_params"])
+    cells["fewer projector parameters"] = (
+        f"{fmt(deco['projector_params'])} vs {fmt(fewest['projector_params'])} ({fewest['projector']}, the smallest): "
+        + ("holds" if deco["projector_params"] < fewest["projector_params"] else "does not hold"))
+    for stage in STAGES:
+        reached = [c["steps_to_loss"][stage] for c in (deco, *comp)]
+        if any(r["reached"] < r["runs"] for r in reached):
+            cells[f"faster convergence ({stage})"] = "some runs never reached the threshold: not comparable"
+            continue
+        d_steps, c_steps = reached[0]["mean"], statistics.fmean(r["mean"] for r in reached[1:])
+        spread = max(r["std"] for r in reached)
+        cells[f"faster convergence ({stage})"] = (f"{d_steps:.0f} vs {c_steps:.0f} steps to the loss threshold "
+                                                  f"(seed std ≤ {spread:.0f}): {verdict(c_steps - d_steps, spread)}")
+    return cells
+
+
+def claims_section(summary: dict[str, Any]) -> list[str]:
+    """The paper's claims, per M, measured on this grid (only where DeCo and a compressive projector both ran)."""
+    columns = {}
+    for m in sorted({c["visual_tokens"] for c in summary["configs"].values()}):
+        deco = [c for c in summary["configs"].values() if c["projector"] == "deco" and c["visual_tokens"] == m]
+        comp = [c for c in summary["configs"].values() if c["projector"] in COMPRESSIVE and c["visual_tokens"] == m]
+        if deco and comp:
+            columns[m] = _claim_cells(deco[0], comp)
+    if not columns:
+        return []
+    claims = list(next(iter(columns.values())))
+    rows = [[claim, *(columns[m][claim] for m in columns)] for claim in claims]
+    return ["## The paper's claims, as measured here", "",
+            "DeCo (avg) against the mean of the compressive projectors present at the same M "
+            f"({', '.join(p for p in COMPRESSIVE if any(c['projector'] == p for c in summary['configs'].values()))}). "
+            "A claim holds when DeCo's advantage exceeds the largest seed standard deviation of the configs compared"
+            + ("; with a single seed there is no spread and the sign alone decides." if min(
+                c["groups"][g]["n"] for c in summary["configs"].values() for g in GROUPS) < 2 else "."),
+            "", markdown_table(["claim", *(f"M = {m}" for m in columns)], rows), ""]
+
+
 def _definitions(summary: dict[str, Any]) -> list[str]:
     groups: dict[str, list[str]] = {}
     tasks = {t.split("/")[0] for r in summary["runs"] for t in r["tasks"]}
@@ -112,7 +175,7 @@ def _definitions(summary: dict[str, Any]) -> list[str]:
 
 def reproduce_markdown(summary: dict[str, Any]) -> str:
     """The whole ``reproduce.md``."""
-    body = (_setup(summary["setup"], summary) + _efficiency(summary) + _scores(summary)
+    body = (_setup(summary["setup"], summary) + _efficiency(summary) + _scores(summary) + claims_section(summary)
             + ["## Convergence", "", "![loss vs step](convergence.png)", "",
                f"Dotted grey lines: the loss thresholds of the table above ({', '.join(STAGES)})", ""]
             + _definitions(summary))

@@ -3,7 +3,6 @@ same run, plus the method notes (FLOP formula, what is timed, how memory is samp
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pipelines.bench_report import fmt, markdown_table
@@ -131,7 +130,7 @@ def bench_markdown(res: dict[str, Any]) -> str:
     meta = res["meta"]
     head = [
         "# DeCo pipeline benchmark (tiny scale)", "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {meta['cores']} CPU cores (torch {meta['torch']}, "
+        f"Measured {meta['measured_at']} on {meta['cores']} CPU cores (torch {meta['torch']}, "
         f"{meta['torch_threads']} torch thread(s) for the single-process parts, as each Ray Train worker runs)"
         f"{', --quick sizes' if meta['quick'] else ''}; total {fmt(meta['total_s'], 0)} s. "
         f"Every figure sits beside its baseline, measured in the same run. MLflow run `{meta['mlflow_run_id']}`.", "",

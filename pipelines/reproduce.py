@@ -190,12 +190,17 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
         base = compose(rc.base, common_overrides(rc, out, tracking_uri))
         ensure_ray(base)  # before the grid, so that no run's wall time pays for starting Ray
         tokenizer = load_tokenizer(base.model.tokenizer, base.model.trust_remote_code, base.model.seed)
-        for spec in grid(rc):
+        cells = grid(rc)
+        grid_started = time.time()
+        for i, spec in enumerate(cells, 1):
             try:
                 runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
             except Exception as exc:  # one failing projector must not hide the others' measurements
                 log.exception("reproduce: run %s failed", spec.name)
                 failed.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            elapsed = time.time() - grid_started
+            log.info("reproduce: %d/%d runs done (%d failed), %.1f min elapsed, about %.1f min left", i, len(cells),
+                     len(failed), elapsed / 60, elapsed / i * (len(cells) - i) / 60)
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
