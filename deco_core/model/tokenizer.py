@@ -3,6 +3,7 @@ templates need, saved as a transformers fast tokenizer; or any real tokenizer lo
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -58,22 +59,37 @@ def train_word_tokenizer(texts: Iterable[str], words: Iterable[str] = ()) -> Pre
         yield from _coverage_texts(words)
 
     tok.train_from_iterator(stream(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=UNK, pad_token=PAD, bos_token=BOS, eos_token=EOS,
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        model_max_length=100_000, padding_side="right",
-    )
+    fast = _wrap(tok)
     log.info("trained word-level tokenizer: %d tokens", len(fast))
     return fast
 
 
-def build_shapes_tokenizer(seed: int = 0, n_samples: int = 3000) -> PreTrainedTokenizerFast:
-    """The default tiny-scale tokenizer: the ShapesWorld vocabulary plus the template strings."""
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers fast tokenizer around our word-level ``tokenizers`` model and its special tokens."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        model_max_length=100_000, padding_side="right",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _shapes_tokenizer_json(seed: int, n_samples: int) -> str:
+    """The trained ShapesWorld tokenizer, serialised; trained once per process and (seed, n_samples)."""
     from deco_core.data.conversation import template_strings
     from deco_core.data.shapes import make_corpus_text, shapes_vocabulary
 
     texts = list(make_corpus_text(n_samples, seed)) + template_strings()
-    return train_word_tokenizer(texts, shapes_vocabulary())
+    return train_word_tokenizer(texts, shapes_vocabulary()).backend_tokenizer.to_str()
+
+
+def build_shapes_tokenizer(seed: int = 0, n_samples: int = 3000) -> PreTrainedTokenizerFast:
+    """The default tiny-scale tokenizer: the ShapesWorld vocabulary plus the template strings.
+
+    Training takes ~2 s (it generates the corpus text), so it runs once per process; every call returns a new,
+    independent tokenizer object (callers may add tokens to theirs).
+    """
+    return _wrap(Tokenizer.from_str(_shapes_tokenizer_json(seed, n_samples)))
 
 
 def load_tokenizer(cfg: TokenizerConfig, trust_remote_code: bool = False, seed: int = 0) -> PreTrainedTokenizerBase:

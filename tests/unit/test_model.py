@@ -344,6 +344,21 @@ def test_tokenizer_save_load_preserves_ids(shapes_tokenizer, tmp_path):
 
 
 
+def test_shapes_tokenizer_is_trained_once_and_each_call_gets_its_own_copy(monkeypatch):
+    """A repeat build reuses the trained model (same ids) but hands out an independent object."""
+    import deco_core.model.tokenizer as tokenizer_module
+    from deco_core.model.tokenizer import build_shapes_tokenizer
+
+    first = build_shapes_tokenizer(seed=7, n_samples=120)
+    monkeypatch.setattr(tokenizer_module, "train_word_tokenizer", lambda *a, **k: pytest.fail("trained twice"))
+    second = build_shapes_tokenizer(seed=7, n_samples=120)
+    text = _vicuna_text()
+    assert second.encode(text, add_special_tokens=False) == first.encode(text, add_special_tokens=False)
+    assert second.special_tokens_map == first.special_tokens_map
+    first.add_tokens(["zzzq"])
+    assert "zzzq" not in second.get_vocab() and len(second) == len(first) - 1
+
+
 def test_train_word_tokenizer_learns_words_next_to_special_tokens():
     """Words glued to a special token in training text ('</s>USER') are learned as they are encoded later."""
     from deco_core.model.tokenizer import SPECIAL_TOKENS, train_word_tokenizer
