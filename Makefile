@@ -10,7 +10,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-all test-slow lint bench reproduce services-up services-down services-status clean
+.PHONY: install run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m pipelines.reproduce
+
+results: $(STAMP)  ## copy runs/bench + runs/reproduce results into docs/results and the README
+	$(PY) -m pipelines.results publish
 
 services-up: $(STAMP)
 	bash infra/local/up.sh

@@ -175,7 +175,7 @@ def test_reproduce_smoke_fills_tables_and_plot_from_the_runs(ray_local, tmp_path
 @pytest.mark.slow
 @pytest.mark.integration
 def test_full_reproduce_grid_measures_every_cell(ray_local, tmp_path: Path, monkeypatch):
-    """The full grid (22 runs, about an hour on 2 cores) completes with every configuration measured over 2 seeds."""
+    """The full grid (22 runs, about 85 minutes on 2 cores) completes with every configuration measured over 2 seeds."""
     from pipelines.reproduce import run_reproduce
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -66,6 +66,16 @@ def test_claims_per_m_against_the_compressive_projectors_only() -> None:
     assert m36["faster convergence (finetune)"].endswith("within seed spread")  # 200 ± 141 vs 100
 
 
+def test_a_group_no_run_learned_is_reported_untestable_not_won() -> None:
+    summary = _summary()
+    for config in summary["configs"].values():
+        config["groups"]["localization"] = _stat([0.0, 0.0])
+    rows = _rows("\n".join(claims_section(summary)).splitlines())
+    assert rows["DeCo ≥ compressive: Visual localization"] == ["not testable: every run scores 0"] * 2
+    assert rows["largest margin on localization"] == ["not testable: every run scores 0 on localization"] * 2
+    assert rows["DeCo ≥ compressive: MLLM benchmarks"][0].endswith("within seed spread")
+
+
 def test_no_claims_section_without_both_sides() -> None:
     summary = _summary()
     summary["configs"] = {k: v for k, v in summary["configs"].items() if not k.startswith("deco")}

@@ -1,0 +1,164 @@
+"""``make results`` / ``python -m pipelines.results publish|check``: carry measured results into the README.
+
+``publish`` copies each result's JSON (and its figures) from the run folder into ``docs/results/`` and rewrites
+the README block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` by rendering that JSON with
+the same function that wrote the run's own markdown, headings moved under the README's section and figure links
+pointed at ``docs/results/``. ``check`` renders the committed JSON again and fails when a README block differs,
+so the README's tables can only come from a measured run, never from typing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+log = logging.getLogger(__name__)
+_console = Console(markup=False, highlight=False)
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = Path("docs/results")
+HEADING_SHIFT = 3  # a rendered "# Title" becomes "#### Title" under the README's "### ..." subsection
+
+
+def _bench_markdown(data: dict[str, Any]) -> str:
+    from pipelines.bench_tables import bench_markdown
+
+    return bench_markdown(data)
+
+
+def _reproduce_markdown(data: dict[str, Any]) -> str:
+    from pipelines.bench_repro_tables import reproduce_markdown
+
+    return reproduce_markdown(data)
+
+
+@dataclass(frozen=True)
+class ResultBlock:
+    """One published result: where the run writes it, its JSON, the figures it links, its renderer."""
+
+    run_dir: str
+    json_name: str
+    figures: tuple[str, ...]
+    render: Callable[[dict[str, Any]], str]
+    produced_by: str
+
+
+# fmt: off
+BLOCKS: dict[str, ResultBlock] = {  # README marker name -> result
+    "bench":     ResultBlock("runs/bench",     "bench.json",     (),                   _bench_markdown,     "make bench"),
+    "reproduce": ResultBlock("runs/reproduce", "reproduce.json", ("convergence.png",), _reproduce_markdown, "make reproduce"),
+}
+# fmt: on
+
+
+class ResultsError(RuntimeError):
+    """A result file or README marker is missing, or the README disagrees with the published results."""
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    import json
+
+    if not path.is_file():
+        raise ResultsError(f"result file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def render_block(name: str, json_dir: Path, link_dir: Path = DOCS) -> str:
+    """README text of result ``name`` from ``<json_dir>/<json>``: headings shifted, figure links under ``link_dir``."""
+    block = BLOCKS[name]
+    text = block.render(_load(json_dir / block.json_name))
+    text = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + HEADING_SHIFT) + " ", text, flags=re.M)
+    for figure in block.figures:
+        text = text.replace(f"]({figure})", f"]({link_dir.as_posix()}/{figure})")
+    return text.strip() + "\n"
+
+
+def _span(readme_text: str, name: str, readme: Path) -> tuple[int, int]:
+    """Character span of the block between the markers of ``name`` (exclusive of the markers)."""
+    begin, end = _markers(name)
+    i, j = readme_text.find(begin), readme_text.find(end)
+    if i < 0 or j < 0 or j < i or readme_text.count(begin) != 1 or readme_text.count(end) != 1:
+        raise ResultsError(f"{readme}: expected exactly one '{begin}' followed by one '{end}'")
+    return i + len(begin), j
+
+
+def publish(names: list[str], readme: Path, docs: Path = DOCS, root: Path = ROOT) -> list[Path]:
+    """Copy each result from its run folder into ``root/docs`` and rewrite its README block; returns the files."""
+    text = readme.read_text()
+    written = []
+    for name in names:
+        block = BLOCKS[name]
+        src = root / block.run_dir
+        for fname in (block.json_name, *block.figures):
+            if not (src / fname).is_file():
+                raise ResultsError(f"{src / fname} not found: run `{block.produced_by}` first")
+        (root / docs).mkdir(parents=True, exist_ok=True)
+        for fname in (block.json_name, *block.figures):
+            written.append(Path(shutil.copyfile(src / fname, root / docs / fname)))
+        start, stop = _span(text, name, readme)
+        rendered = render_block(name, root / docs, docs)
+        text = text[:start] + "\n" + rendered + text[stop:]
+        log.info("results: published %s (%s) into %s", name, ", ".join(block.figures + (block.json_name,)), readme)
+    tmp = readme.with_suffix(readme.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(readme)
+    return written
+
+
+def check(readme: Path, docs: Path = DOCS, root: Path = ROOT) -> list[str]:
+    """Names of the README blocks that differ from a fresh render of the published JSON (empty: all agree)."""
+    text = readme.read_text()
+    stale = []
+    for name, block in BLOCKS.items():
+        start, stop = _span(text, name, readme)
+        for figure in block.figures:
+            if not (root / docs / figure).is_file():
+                raise ResultsError(f"{root / docs / figure} not found (linked from the README's {name} block)")
+        rendered = render_block(name, root / docs, docs)
+        if text[start:stop].strip() != rendered.strip():
+            stale.append(name)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> None:
+    from deco_core.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.results", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["publish", "check"])
+    parser.add_argument("names", nargs="*", help=f"results to publish: {', '.join(BLOCKS)} (default: all)")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    setup_logging()
+    unknown = sorted(set(args.names) - set(BLOCKS))
+    if unknown:
+        parser.error(f"unknown result(s) {', '.join(unknown)}; expected some of {', '.join(BLOCKS)}")
+    if args.action == "publish":
+        files = publish(list(args.names) or list(BLOCKS), args.readme)
+        _console.print(f"published {len(files)} file(s) into {DOCS} and updated {args.readme}")
+        return
+    stale = check(args.readme)
+    if stale:
+        raise SystemExit(f"README results out of date for: {', '.join(stale)} "
+                         f"(run `python -m pipelines.results publish {' '.join(stale)}`)")
+    _console.print(f"README results agree with {DOCS}")
+
+
+if __name__ == "__main__":
+    main()
