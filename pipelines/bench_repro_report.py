@@ -110,18 +110,25 @@ def _aggregate(runs: list[dict[str, Any]], thresholds: dict[str, float]) -> dict
     return out
 
 
-def _deltas(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per M: DeCo (avg) minus the mean of the compressive projectors present, for every score column."""
+def deco_vs_compressive(configs: dict[str, dict[str, Any]]) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Per M where both ran: DeCo (avg)'s aggregate and the aggregates of the compressive projectors."""
     out = {}
     for m in sorted({c["visual_tokens"] for c in configs.values()}):
         deco = [c for c in configs.values() if c["projector"] == "deco" and c["visual_tokens"] == m]
         comp = [c for c in configs.values() if c["projector"] in COMPRESSIVE and c["visual_tokens"] == m]
-        if not deco or not comp:
-            continue
+        if deco and comp:
+            out[m] = (deco[0], comp)
+    return out
+
+
+def deco_deltas(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per M: DeCo (avg) minus the mean of the compressive projectors present, for every score column."""
+    out = {}
+    for m, (deco, comp) in deco_vs_compressive(configs).items():
         row = {"baselines": [c["projector"] for c in comp]}
         for section, keys in (("groups", GROUPS), ("locality", LOCALITY)):
             for k in keys:
-                row[k] = deco[0][section][k]["mean"] - statistics.fmean(c[section][k]["mean"] for c in comp)
+                row[k] = deco[section][k]["mean"] - statistics.fmean(c[section][k]["mean"] for c in comp)
         out[str(m)] = row
     return out
 
@@ -139,7 +146,7 @@ def summarise(rc, runs: list[dict[str, Any]], failed: list[dict[str, str]], shar
     return {"setup": {**asdict(rc), "shared": shared,
                       "threshold_rule": {s: "configured" if getattr(rc, f"{s}_loss_threshold") is not None
                                          else "highest final loss over runs" for s in STAGES}},
-            "thresholds": thresholds, "configs": configs, "deltas": _deltas(configs), "runs": runs,
+            "thresholds": thresholds, "configs": configs, "deltas": deco_deltas(configs), "runs": runs,
             "failed": failed, "wall_s": wall_s, "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 

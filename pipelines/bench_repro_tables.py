@@ -9,7 +9,7 @@ from typing import Any
 
 from deco_core.eval.tasks import TASKS
 from pipelines.bench_report import fmt, markdown_table
-from pipelines.bench_repro_report import COMPRESSIVE, GROUPS, LOCALITY, STAGES
+from pipelines.bench_repro_report import COMPRESSIVE, GROUPS, LOCALITY, STAGES, deco_vs_compressive
 
 
 def _ms(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
@@ -103,8 +103,9 @@ def verdict(advantage: float, spread: float) -> str:
     return "holds" if advantage > 0 else "does not hold"
 
 
-def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]]) -> dict[str, str]:
-    """One M: the paper's claims tested on the means, each against the largest seed std of the configs compared."""
+def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]], delta: dict[str, Any]) -> dict[str, str]:
+    """One M: the paper's claims tested on the mean differences (``delta``, from the summary), each against the
+    largest seed std of the configs compared."""
     cells = {}
     margins = {}
     unlearned = set()
@@ -113,7 +114,7 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]]) -> dict[str, 
             unlearned.add(g)
             cells[f"DeCo ≥ compressive: {title}"] = "not testable: every run scores 0"
             continue
-        margins[g] = 100 * (deco["groups"][g]["mean"] - statistics.fmean(c["groups"][g]["mean"] for c in comp))
+        margins[g] = 100 * delta[g]
         spread = 100 * max(c["groups"][g]["std"] for c in (deco, *comp))
         cells[f"DeCo ≥ compressive: {title}"] = (f"{margins[g]:+.1f} pts (seed std ≤ {spread:.1f}): "
                                                    f"{verdict(margins[g], spread)}")
@@ -126,7 +127,7 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]]) -> dict[str, 
         cells["largest margin on localization"] = (f"{loc:+.1f} vs {max(others):+.1f} pts: "
                                                    + ("holds" if loc > max(others) else "does not hold"))
     k = next(iter(LOCALITY))
-    lift = deco["locality"][k]["mean"] - statistics.fmean(c["locality"][k]["mean"] for c in comp)
+    lift = delta[k]
     spread = max(c["locality"][k]["std"] for c in (deco, *comp))
     cells[f"DeCo ≥ compressive: {LOCALITY[k].lower()}"] = f"{lift:+.2f} (seed std ≤ {spread:.2f}): {verdict(lift, spread)}"
     fewest = min(comp, key=lambda c: c["projector_params"])
@@ -147,12 +148,8 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]]) -> dict[str, 
 
 def claims_section(summary: dict[str, Any]) -> list[str]:
     """The paper's claims, per M, measured on this grid (only where DeCo and a compressive projector both ran)."""
-    columns = {}
-    for m in sorted({c["visual_tokens"] for c in summary["configs"].values()}):
-        deco = [c for c in summary["configs"].values() if c["projector"] == "deco" and c["visual_tokens"] == m]
-        comp = [c for c in summary["configs"].values() if c["projector"] in COMPRESSIVE and c["visual_tokens"] == m]
-        if deco and comp:
-            columns[m] = _claim_cells(deco[0], comp)
+    columns = {m: _claim_cells(deco, comp, summary["deltas"][str(m)])
+               for m, (deco, comp) in deco_vs_compressive(summary["configs"]).items()}
     if not columns:
         return []
     claims = list(next(iter(columns.values())))

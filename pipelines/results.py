@@ -20,23 +20,15 @@ from typing import Any
 
 from rich.console import Console
 
+from deco_core.data.convert.common import load_json
+from pipelines.bench_repro_tables import reproduce_markdown
+from pipelines.bench_tables import bench_markdown
+
 log = logging.getLogger(__name__)
 _console = Console(markup=False, highlight=False)
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = Path("docs/results")
 HEADING_SHIFT = 3  # a rendered "# Title" becomes "#### Title" under the README's "### ..." subsection
-
-
-def _bench_markdown(data: dict[str, Any]) -> str:
-    from pipelines.bench_tables import bench_markdown
-
-    return bench_markdown(data)
-
-
-def _reproduce_markdown(data: dict[str, Any]) -> str:
-    from pipelines.bench_repro_tables import reproduce_markdown
-
-    return reproduce_markdown(data)
 
 
 @dataclass(frozen=True)
@@ -52,8 +44,8 @@ class ResultBlock:
 
 # fmt: off
 BLOCKS: dict[str, ResultBlock] = {  # README marker name -> result
-    "bench":     ResultBlock("runs/bench",     "bench.json",     (),                   _bench_markdown,     "make bench"),
-    "reproduce": ResultBlock("runs/reproduce", "reproduce.json", ("convergence.png",), _reproduce_markdown, "make reproduce"),
+    "bench":     ResultBlock("runs/bench",     "bench.json",     (),                   bench_markdown,     "make bench"),
+    "reproduce": ResultBlock("runs/reproduce", "reproduce.json", ("convergence.png",), reproduce_markdown, "make reproduce"),
 }
 # fmt: on
 
@@ -67,14 +59,10 @@ def _markers(name: str) -> tuple[str, str]:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        raise ResultsError(f"result file not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+        data = load_json(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ResultsError(str(exc)) from None
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

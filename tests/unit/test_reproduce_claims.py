@@ -6,28 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.bench_repro_report import deco_deltas, stats
 from pipelines.bench_repro_tables import claims_section, verdict
-
-
-def _stat(values: list[float]) -> dict[str, Any]:
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
 
 
 def _config(projector: str, m: int, params: int, mllm: list[float], loc: list[float], vqa: list[float],
             lift: list[float], ft_steps: list[int]) -> dict[str, Any]:
-    steps = {"pretrain": {**_stat([10.0, 10.0]), "reached": 2, "runs": 2},
-             "finetune": {**_stat([float(s) for s in ft_steps]), "reached": len(ft_steps), "runs": 2}}
+    steps = {"pretrain": {**stats([10.0, 10.0]), "reached": 2, "runs": 2},
+             "finetune": {**stats([float(s) for s in ft_steps]), "reached": len(ft_steps), "runs": 2}}
     return {"projector": projector, "visual_tokens": m, "projector_params": params,
-            "groups": {"mllm_benchmarks": _stat(mllm), "localization": _stat(loc), "open-ended_vqa": _stat(vqa)},
-            "locality": {"mass_lift": _stat(lift), "pointing_hit_rate": _stat([0.2, 0.2])},
+            "groups": {"mllm_benchmarks": stats(mllm), "localization": stats(loc), "open-ended_vqa": stats(vqa)},
+            "locality": {"mass_lift": stats(lift), "pointing_hit_rate": stats([0.2, 0.2])},
             "steps_to_loss": steps}
 
 
-def _summary() -> dict[str, Any]:
-    return {"configs": {
+def _summary(localization_learned: bool = True) -> dict[str, Any]:
+    """Aggregates of a small grid and their DeCo-minus-compressive deltas (as ``summarise`` builds them)."""
+    configs = {
         "deco-16": _config("deco", 16, 25_000, [0.40, 0.42], [0.30, 0.32], [0.50, 0.50], [3.0, 3.2], [100, 110]),
         "qformer-16": _config("qformer", 16, 550_000, [0.40, 0.44], [0.10, 0.12], [0.49, 0.51], [1.0, 1.2], [150, 160]),
         "resampler-16": _config("resampler", 16, 400_000, [0.40, 0.40], [0.12, 0.10], [0.50, 0.48], [1.1, 1.0],
@@ -35,7 +30,11 @@ def _summary() -> dict[str, Any]:
         "deco-36": _config("deco", 36, 25_000, [0.30, 0.50], [0.10, 0.10], [0.40, 0.40], [1.0, 1.0], [100, 300]),
         "qformer-36": _config("qformer", 36, 550_000, [0.40, 0.40], [0.20, 0.20], [0.50, 0.50], [1.0, 1.0], [100, 100]),
         "mlp-all": _config("mlp", 144, 25_000, [0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [2.0, 2.0], [90, 90]),
-    }}
+    }
+    if not localization_learned:
+        for config in configs.values():
+            config["groups"]["localization"] = stats([0.0, 0.0])
+    return {"configs": configs, "deltas": deco_deltas(configs)}
 
 
 def _rows(md: list[str]) -> dict[str, list[str]]:
@@ -67,10 +66,7 @@ def test_claims_per_m_against_the_compressive_projectors_only() -> None:
 
 
 def test_a_group_no_run_learned_is_reported_untestable_not_won() -> None:
-    summary = _summary()
-    for config in summary["configs"].values():
-        config["groups"]["localization"] = _stat([0.0, 0.0])
-    rows = _rows("\n".join(claims_section(summary)).splitlines())
+    rows = _rows("\n".join(claims_section(_summary(localization_learned=False))).splitlines())
     assert rows["DeCo ≥ compressive: Visual localization"] == ["not testable: every run scores 0"] * 2
     assert rows["largest margin on localization"] == ["not testable: every run scores 0 on localization"] * 2
     assert rows["DeCo ≥ compressive: MLLM benchmarks"][0].endswith("within seed spread")

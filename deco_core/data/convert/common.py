@@ -129,7 +129,7 @@ def load_json(path: PathLike) -> Any:
     """Parse a whole JSON file, raising a clear error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise FileNotFoundError(f"JSON file not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
