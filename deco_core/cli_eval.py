@@ -97,7 +97,7 @@ def eval_command(
     if to_build:
         console.print(f"building the frozen ShapesWorld eval set for {to_build} under {out / 'data'}")
         data_uris.update(build_shapes_eval_shards(str(out / "data"), cfg.data.eval_samples, cfg.eval.seed,
-                                                  to_build, storage=cfg.data.storage))
+                                                  to_build, storage=cfg.data.storage, shapes=cfg.data.shapes))
     if tracking_uri:
         cfg.tracking.tracking_uri, track = tracking_uri, True
     _init_ray(cfg)

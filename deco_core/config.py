@@ -37,12 +37,16 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
     TrainConfig,
     VisionConfig,
 )
+from deco_core.data.conversation import TEMPLATES
 from deco_core.data.storage import redact
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Substrings of a secret key or env-var name; "token" must be a whole word (num_tokens, TOKENIZERS_* are not).
 SECRET_MARKERS = ("secret", "password", "access_key", "credential")
 SECRET_WORDS = ("token",)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -157,6 +161,9 @@ def validate(cfg: Config) -> None:
     llm = cfg.model.llm
     _require(llm.hidden_size % llm.num_heads == 0, "model.llm.num_heads", llm.num_heads,
              f"a divisor of hidden_size={llm.hidden_size}")
+    _require(TEMPLATES.get(cfg.model.chat_template, (None, None))[1] is not None, "model.chat_template",
+             cfg.model.chat_template, f"a chat template among {', '.join(k for k, v in TEMPLATES.items() if v[1] is not None)}")
+    _require(cfg.ray.log_level in LOG_LEVELS, "ray.log_level", cfg.ray.log_level, f"one of {', '.join(LOG_LEVELS)}")
     for name in ("pretrain", "finetune"):
         _validate_train(getattr(cfg, name), name)
     _require(0.0 <= cfg.data.max_bad_fraction < 1.0, "data.max_bad_fraction", cfg.data.max_bad_fraction,
@@ -169,7 +176,7 @@ def validate(cfg: Config) -> None:
 
 def _validate_train(t: TrainConfig, key: str) -> None:
     _require(t.stage in ("pretrain", "finetune"), f"{key}.stage", t.stage, "'pretrain' or 'finetune'")
-    _require(t.template in ("plain", "vicuna_v1"), f"{key}.template", t.template, "'plain' or 'vicuna_v1'")
+    _require(t.template in TEMPLATES, f"{key}.template", t.template, f"one of {', '.join(TEMPLATES)}")
     _require(t.schedule in ("cosine", "linear", "constant"), f"{key}.schedule", t.schedule,
              "one of cosine, linear, constant")
     _require(t.precision in ("auto", "fp32", "bf16", "fp16"), f"{key}.precision", t.precision,

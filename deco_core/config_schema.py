@@ -58,6 +58,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     trust_remote_code: bool = False
     seed: int = 0
+    chat_template: str = "vicuna_v1"  # how generation prompts are written; the finetune stage sets its template
 
 
 @dataclass
@@ -77,11 +78,16 @@ class DataConfig:
     caption_samples: int = 4000
     instruct_samples: int = 6000
     format_samples: int = 4000  # benchmark-format training samples mixed into finetuning (ShapesWorld)
+    format_mix: dict[str, float] = field(default_factory=lambda: {"vqa": 1.0, "pope": 1.0, "mc": 1.0, "rec": 1.0})
     eval_samples: int = 500
     samples_per_shard: int = 500
     pretrain_sources: list[SourceConfig] = field(default_factory=list)
     finetune_sources: list[SourceConfig] = field(default_factory=list)
     shuffle_buffer: int = 256
+    # Preprocess every training sample once, before the first step, and keep the result in Ray's object store
+    # for all epochs (steps then never share the CPU with preprocessing); false streams shards through the
+    # preprocessing actors while training runs (for corpora larger than the object store).
+    preprocess_ahead: bool = True
     preprocess_batch_size: int = 64
     preprocess_cpus: float = 0.25
     max_bad_fraction: float = 0.01
@@ -112,6 +118,7 @@ class TrainConfig:
     samples_per_epoch: int | None = None
     num_workers: int = 2
     cpus_per_worker: float = 0.5
+    torch_threads: int = 0  # intra-op threads per worker; 0 = the node's cores split among its workers
     use_gpu: bool = False
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     deepspeed: str = "zero2"  # file name under conf/deepspeed/
@@ -140,6 +147,7 @@ class EvalConfig:
     worst_cases: int = 8
     data: dict[str, str] = field(default_factory=dict)  # task -> shard URI (public benchmarks converted to shards)
     seed: int = 1234  # ShapesWorld eval set seed (a frozen eval set: same seed -> same questions)
+    blind_baseline: bool = True  # also answer every question with another question's image (doubles generation)
 
 
 @dataclass
@@ -162,6 +170,9 @@ class RayConfig:
     num_cpus: int | None = 4  # logical CPUs for a local Ray (see README: 2-core plan)
     object_store_memory_mb: int = 512
     runtime_env: dict[str, Any] = field(default_factory=dict)
+    # Console level of Ray Train's and (local Ray) Ray Data's own log lines: their INFO lines (worker group
+    # start-up, dataset execution plans) repeat for every stage; WARNING keeps the console to what matters.
+    log_level: str = "WARNING"
 
 
 @dataclass

@@ -39,3 +39,30 @@ def setup_logging(rank: int | None = None, level: int | None = None) -> None:
         logger.handlers = [handler]
         logger.setLevel(level)
         logger.propagate = False
+
+
+# Ray-internal loggers silenced in every Ray worker process, with the reason.
+# fmt: off
+QUIET_WORKER_LOGGERS = {
+    # Ray Train's detached placement-group cleaner asks the State API (served by the dashboard, which a local
+    # in-process Ray runs without) whether the controller is alive, and warns on every failed poll — hundreds
+    # of identical lines per stage. Its cleanup still works: the controller removes its placement group itself.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+# (category, message start) of third-party warnings with nothing for a user to act on.
+QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, "`torch.distributed.all_gather_into_tensor` is deprecated"),  # raised inside DeepSpeed
+    (DeprecationWarning, "`ExecutionOptions.exclude_resources` is deprecated"),  # set inside Ray Train
+)
+# fmt: on
+
+
+def quiet_ray_worker() -> None:
+    """``worker_process_setup_hook`` of our Ray runtime env: apply QUIET_WORKER_LOGGERS and QUIET_WARNINGS."""
+    import re
+    import warnings
+
+    for name, level in QUIET_WORKER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,15 +45,16 @@ class BenchSettings:
     batch_size: int  # model benchmarks (a), (b)
     repeats: int  # timed repeats per model benchmark
     train_steps: int  # optimizer steps of the trainer run (d, f, g)
+    floor_steps: int = 12  # plain-process steps per floor measurement (two measurements, before and after Ray)
     warmup: int = 2  # untimed calls before the timed repeats
     deco_tokens: int = 16
 
 
 # fmt: off
 SETTINGS = {
-    "full":  BenchSettings(caption_samples=256, instruct_samples=1280, batch_size=8, repeats=6, train_steps=15),
-    "quick": BenchSettings(caption_samples=64,  instruct_samples=256,  batch_size=4, repeats=2, train_steps=4,
-                           warmup=1),
+    "full":  BenchSettings(caption_samples=1024, instruct_samples=2048, batch_size=8, repeats=6, train_steps=40),
+    "quick": BenchSettings(caption_samples=64,  instruct_samples=256,  batch_size=4, repeats=2, train_steps=5,
+                           floor_steps=3, warmup=1),
 }
 # fmt: on
 
@@ -62,7 +64,9 @@ def _configs(out_dir: Path, s: BenchSettings, config: str, overrides: list[str])
             f"data.caption_samples={s.caption_samples}", f"data.instruct_samples={s.instruct_samples}",
             "data.samples_per_shard=128", "data.format_samples=32", f"model.tokenizer.max_length={MAX_LENGTH}",
             f"finetune.max_steps={s.train_steps}", "finetune.log_every=1",
-            f"finetune.checkpoint_every={s.train_steps}", "finetune.init_from=null", *overrides]
+            f"finetune.checkpoint_every={s.train_steps}", "finetune.init_from=null",
+            f"pretrain.max_steps={s.train_steps}", "pretrain.log_every=1", f"pretrain.checkpoint_every={s.train_steps}",
+            *overrides]
     main = compose(config, base)
     main.tracking.tracking_uri = resolve_tracking_uri(main.tracking, out_dir)
     deco = compose(config, [*base, "model.projector=deco", f"model.projector.num_tokens={s.deco_tokens}"])
@@ -95,25 +99,76 @@ def _single_process(results: dict[str, Any], s: BenchSettings, cfg_deco, cfg_mlp
     results["memory"] = {"driver_single_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, parent: str) -> None:
-    """(c), (d), (f) and the workers' peak RSS, on a local Ray (started here unless one is running)."""
+def _floor(cfg, stage: str, tokenizer, batch, steps: int, threads: int) -> list[float]:
+    from pipelines.bench_train import plain_step_times
+
+    return plain_step_times(cfg, stage, tokenizer, batch, steps, threads)
+
+
+def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, parent: str, s: BenchSettings) -> None:
+    """(c), (d), (f), (h), (i) and the workers' peak RSS, on a local Ray (started here unless one is running).
+
+    (h) the trainer floor: the tiny default's finetune step on Ray Train + DeepSpeed against the same step in this
+    process (same model, freeze policy, global batch and total torch threads), the plain runs interleaved before
+    and after the Ray run; the 2-worker ZeRO-2 layout is measured beside it. (i) the per-stage fixed cost and its
+    phases, for a pretrain and a finetune stage.
+    """
     import ray
 
-    from pipelines.bench_train import bench_trainer
+    from pipelines.bench_train import bench_stage
     from pipelines.runtime import ensure_ray
 
     own_ray = not ray.is_initialized()
+    t0 = time.perf_counter()
     ensure_ray(cfg)
+    ray_start = time.perf_counter() - t0 if own_ray else None
+    t = cfg.finetune
+    total_threads = t.num_workers * (t.torch_threads or max(1, available_cores() // t.num_workers))
+    batch = load_batch(cfg, t.template, tokenizer, corpus.finetune, t.global_batch_size)
     try:
-        spec = preprocess_spec(cfg, "vicuna_v1", tokenizer)
+        spec = preprocess_spec(cfg, t.template, tokenizer)
         results["data_pipeline"] = bench_data_pipeline(corpus.finetune, spec, cfg, cfg.data.preprocess_batch_size)
-        trainer = bench_trainer(cfg, corpus.finetune, out_dir, parent)
+        plain = _floor(cfg, "finetune", tokenizer, batch, s.floor_steps, total_threads)
+        finetune = bench_stage(cfg, "finetune", corpus.finetune, out_dir, parent)
+        plain += _floor(cfg, "finetune", tokenizer, batch, s.floor_steps, total_threads)
+        pretrain = bench_stage(cfg, "pretrain", corpus.pretrain, out_dir, parent)
+        two = _two_worker_config(cfg)
+        two_workers = bench_stage(two, "finetune", corpus.finetune, out_dir, parent, label="finetune-2workers")
     finally:
         if own_ray:
             ray.shutdown()
-    results["memory"]["workers"] = trainer.pop("memory")
-    results["cold_start"] = trainer.pop("cold_start")
-    results["trainer"] = trainer
+    floor = statistics.median(plain)
+    results["trainer_floor"] = {
+        "ray_step_s": finetune["throughput"]["steady_step_s"], "single_process_step_s": floor,
+        "ratio": finetune["throughput"]["steady_step_s"] / floor, "global_batch": t.global_batch_size,
+        "threads": total_threads, "layout": finetune["layout"], "single_process_repeats": len(plain),
+        "two_workers": {"ray_step_s": two_workers["throughput"]["steady_step_s"],
+                        "ratio": two_workers["throughput"]["steady_step_s"] / floor, "layout": two_workers["layout"]},
+    }
+    stages = {"pretrain": pretrain, "finetune": finetune}
+    phase_names = sorted(set(pretrain["phases"]) & set(finetune["phases"]))
+    results["stage_overhead"] = {
+        "fixed_s": statistics.median([pretrain["fixed_s"], finetune["fixed_s"]]),
+        "phases": {k: statistics.median([pretrain["phases"][k], finetune["phases"][k]]) for k in phase_names},
+        "stages": {k: {"wall_s": v["wall_s"], "steps": v["steps"], "fixed_s": v["fixed_s"],
+                       "steady_step_s": v["throughput"]["steady_step_s"], "phases": v["phases"]}
+                   for k, v in stages.items()},
+        **({"ray_start_s": ray_start} if ray_start is not None else {}),  # paid once per workflow, not per stage
+    }
+    pretrain.pop("memory"), two_workers.pop("memory")
+    results["memory"]["workers"] = finetune.pop("memory")
+    results["cold_start"] = finetune.pop("cold_start")
+    results["trainer"] = finetune
+
+
+def _two_worker_config(cfg):
+    """The tiny finetune stage on 2 Ray Train workers × the remaining threads (ZeRO-2 on gloo)."""
+    from dataclasses import replace
+
+    t = cfg.finetune
+    micro = max(1, t.global_batch_size // 2)
+    return replace(cfg, finetune=replace(t, num_workers=2, micro_batch_size=micro, cpus_per_worker=0.5,
+                                         torch_threads=0, deepspeed="zero2"))
 
 
 def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
@@ -121,13 +176,12 @@ def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
     """Run every benchmark and write ``bench.json`` / ``bench.md`` under ``out_dir``; returns the results."""
     from mlflow import MlflowClient
 
-    from pipelines.runtime import WORKER_ENV
-
     s = SETTINGS["quick" if quick else "full"]
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, cfg_deco, cfg_mlp = _configs(out_dir, s, config, list(overrides or []))
-    threads = int(WORKER_ENV["OMP_NUM_THREADS"])  # what each Ray Train worker runs with: (a), (b), (e) match it
+    # what each Ray Train worker of the tiny default runs with: (a), (b), (e) match it
+    threads = cfg.finetune.torch_threads or max(1, available_cores() // cfg.finetune.num_workers)
     started = time.time()
     parent = get_or_create_run(cfg.tracking.tracking_uri, EXPERIMENT, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
                                out_dir, tags={"deco.kind": "bench", "deco.quick": str(quick)})
@@ -139,7 +193,7 @@ def run_bench(out_dir: Path, quick: bool = False, config: str = "pipeline/tiny",
         corpus = build_shapes_corpus(cfg.data, root=str(out_dir / "data"), progress=False)
         tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code, cfg.model.seed)
         _single_process(results, s, cfg_deco, cfg_mlp, tokenizer, corpus, threads)
-        _on_ray(results, cfg, tokenizer, corpus, out_dir, parent)
+        _on_ray(results, cfg, tokenizer, corpus, out_dir, parent, s)
         results["meta"]["total_s"] = time.time() - started
         check_complete(results)
     except BaseException:

@@ -46,10 +46,11 @@ LLAVA_KEYS = (
 def load_batch(cfg: Config, template: str, tokenizer, uri: str, batch_size: int) -> dict[str, torch.Tensor]:
     """The first ``batch_size`` samples of a shard folder, preprocessed for ``cfg``'s projector and collated."""
     records = list(islice(iter_samples(uri, cfg.data.storage), batch_size))
-    rows, counts = preprocess_rows(records, preprocess_spec(cfg, template, tokenizer))
+    spec = preprocess_spec(cfg, template, tokenizer)
+    rows, counts = preprocess_rows(records, spec)
     if len(rows) < batch_size:
         raise ValueError(f"{uri}: only {len(rows)} usable samples for a batch of {batch_size} ({dict(counts)})")
-    return collate(stack_rows(rows))
+    return collate(stack_rows(rows), spec.transform)
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:

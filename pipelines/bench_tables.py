@@ -82,7 +82,8 @@ def _section_d_e(t: dict[str, Any], mfu: dict[str, Any]) -> list[str]:
                 for k, v in mfu.items() if k != "peak"]
     return [
         "## (d) Trainer data wait",
-        f"A {t['steps']}-step finetune-policy stage on Ray Train + DeepSpeed (2 workers, logging every step), read "
+        f"A {t['steps']}-step finetune-policy stage on Ray Train + DeepSpeed ({t['layout']['workers']} worker(s), "
+        "logging every step), read "
         f"back from MLflow (`train/data_wait_frac`).",
         "",
         markdown_table(["figure", "value"], [
@@ -125,6 +126,35 @@ def _section_f_g(cold: dict[str, Any], mem: dict[str, Any]) -> list[str]:
     ]
 
 
+def _section_h_i(floor: dict[str, Any], over: dict[str, Any]) -> list[str]:
+    lay, two = floor["layout"], floor["two_workers"]
+    rows = [
+        [f"Ray Train + DeepSpeed {lay['zero']}, {lay['workers']} worker(s) × {lay['threads_per_worker']} thread(s) "
+         "(the tiny default)", floor["ray_step_s"], floor["single_process_step_s"], floor["ratio"]],
+        [f"Ray Train + DeepSpeed {two['layout']['zero']}, 2 workers × {two['layout']['threads_per_worker']} "
+         "thread(s)", two["ray_step_s"], floor["single_process_step_s"], two["ratio"]],
+    ]
+    stages = over["stages"]
+    phase_rows = [[name, *(stages[k]["phases"].get(name, float("nan")) for k in ("pretrain", "finetune")),
+                   over["phases"][name]] for name in over["phases"]]
+    phase_rows.append(["**fixed cost** (wall − steps × steady step)", stages["pretrain"]["fixed_s"],
+                       stages["finetune"]["fixed_s"], over["fixed_s"]])
+    ray_line = (f" Starting Ray itself took {fmt(over['ray_start_s'], 1)} s, paid once per workflow (before the "
+                "first stage), not per stage." if "ray_start_s" in over else "")
+    return [
+        "## (h) Trainer step vs the plain-process floor",
+        f"Steady finetune step (median of `train/step_time_s` after 2 steps, global batch {floor['global_batch']}) "
+        f"against the same model, freeze policy, AdamW + clipping and batch in one plain process with "
+        f"{floor['threads']} torch threads (median of {floor['single_process_repeats']} steps, measured before and "
+        "after the Ray runs).",
+        "", markdown_table(["trainer", "step (s)", "plain process (s, baseline)", "ratio"], rows), "",
+        "## (i) Fixed cost per training stage",
+        "Where a stage's time goes apart from its steps (driver and worker wall-clock marks, `deco_core/train/"
+        f"trainer.py` PHASES).{ray_line}",
+        "", markdown_table(["phase", "pretrain (s)", "finetune (s)", "median (s)"], phase_rows), "",
+    ]
+
+
 def bench_markdown(res: dict[str, Any]) -> str:
     """The whole ``bench.md``."""
     meta = res["meta"]
@@ -136,5 +166,6 @@ def bench_markdown(res: dict[str, Any]) -> str:
         f"Every figure sits beside its baseline, measured in the same run. MLflow run `{meta['mlflow_run_id']}`.", "",
     ]
     body = (_section_a(res["hf_parity"]) + _section_b(res["compression"]) + _section_c(res["data_pipeline"])
-            + _section_d_e(res["trainer"], res["mfu"]) + _section_f_g(res["cold_start"], res["memory"]))
+            + _section_d_e(res["trainer"], res["mfu"]) + _section_f_g(res["cold_start"], res["memory"])
+            + _section_h_i(res["trainer_floor"], res["stage_overhead"]))
     return "\n".join(head + body) + "\n"

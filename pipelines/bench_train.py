@@ -1,7 +1,8 @@
-"""Trainer benchmark for ``pipelines.bench``: one short ``run_stage`` (Ray Train + DeepSpeed, logging every step)
-read back from MLflow for the data-wait fraction, throughput and cold start (stage call -> first logged step),
-while a sampler thread records the peak RSS of every Ray worker process descended from this process
-(psutil, every 0.2 s; workers of a remote cluster are not visible and make the benchmark fail loudly)."""
+"""Trainer benchmarks for ``pipelines.bench``: short ``run_stage`` calls (Ray Train + DeepSpeed, logging every
+step) read back from MLflow for the steady step time, data-wait fraction, phase breakdown and cold start; the
+same stage step in one plain process (the floor); and a sampler thread recording the peak RSS of every Ray
+worker process descended from this process (psutil, every 0.2 s; workers of a remote cluster are not visible
+and make the benchmark fail loudly)."""
 
 from __future__ import annotations
 
@@ -85,23 +86,25 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float, float]]:
     return sorted((m.step, m.value, m.timestamp / 1000.0) for m in hist)
 
 
-def _steady(values: list[tuple[int, float, float]]) -> float:
-    """Mean over logged steps after the first (the first step pays the pipeline warm-up)."""
-    rest = [v for s, v, _ in values[1:]] or [values[0][1]]
-    return statistics.fmean(rest)
+def _steady(values: list[tuple[int, float, float]], skip: int = 1) -> float:
+    """Median over logged steps after the first ``skip`` (the first steps pay the pipeline warm-up)."""
+    rest = [v for s, v, _ in values[skip:]] or [values[-1][1]]
+    return statistics.median(rest)
 
 
-def bench_trainer(cfg: Config, source_uri: str, out_dir: Path, parent_run_id: str | None) -> dict[str, Any]:
-    """(d) data-wait fraction, (f) cold start and (g) per-worker peak RSS from one short finetune-policy stage."""
+def bench_stage(cfg: Config, stage: str, source_uri: str, out_dir: Path, parent_run_id: str | None,
+                label: str | None = None) -> dict[str, Any]:
+    """One short training stage through ``run_stage`` (logging every step), read back from MLflow: steady step
+    time, data wait, throughput, phase breakdown and the fixed cost (wall time − steps × steady step time)."""
     from mlflow import MlflowClient
 
+    from deco_core.train.loop import torch_threads
     from deco_core.train.trainer import run_stage
 
-    stage = "finetune"
-    t = cfg.finetune
+    t = getattr(cfg, stage)
     if t.log_every != 1 or t.init_from:
-        raise ValueError("bench_trainer: needs finetune.log_every=1 and no finetune.init_from (a fresh model)")
-    run_name = f"bench-{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        raise ValueError(f"bench_stage: needs {stage}.log_every=1 and no {stage}.init_from (a fresh model)")
+    run_name = f"bench-{label or stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     sampler = RssSampler().start()
     called = time.time()
     try:
@@ -114,17 +117,54 @@ def bench_trainer(cfg: Config, source_uri: str, out_dir: Path, parent_run_id: st
     wait = _history(client, result.run_id, "train/data_wait_frac")
     step_time = _history(client, result.run_id, "train/step_time_s")
     sps = _history(client, result.run_id, "train/samples_per_s")
+    steady_step = _steady(step_time, skip=2)
     first_step_at = loss[0][2]
     workers_up = sampler.first_seen.get("train_worker", first_step_at)
-    log.info("(d) data wait %.1f%% (steady %.1f%%); (f) cold start %.1fs", 100 * statistics.fmean(v for _, v, _ in wait),
-             100 * _steady(wait), first_step_at - called)
+    fixed = result.wall_s - result.steps * steady_step
+    log.info("%s: %d steps, steady step %.3fs, wall %.1fs, fixed %.1fs; phases %s", label or stage, result.steps,
+             steady_step, result.wall_s, fixed, result.phases)
     return {
-        "run_id": result.run_id, "steps": result.steps, "wall_s": result.wall_s,
-        "data_wait": {"mean_frac": statistics.fmean(v for _, v, _ in wait), "steady_frac": _steady(wait),
+        "run_id": result.run_id, "steps": result.steps, "wall_s": result.wall_s, "fixed_s": fixed,
+        "layout": {"workers": t.num_workers, "threads_per_worker": torch_threads(t, t.num_workers),
+                   "micro_batch": t.micro_batch_size, "global_batch": t.global_batch_size, "zero": t.deepspeed},
+        "phases": result.phases,
+        "data_wait": {"mean_frac": statistics.fmean(v for _, v, _ in wait), "steady_frac": _steady(wait, 2),
                       "first_step_frac": wait[0][1]},
-        "throughput": {"steady_samples_per_s": _steady(sps), "steady_step_s": _steady(step_time)},
+        "throughput": {"steady_samples_per_s": _steady(sps, 2), "steady_step_s": steady_step},
         "cold_start": {"to_first_step_s": first_step_at - called, "first_step_s": step_time[0][1],
                        "to_train_workers_s": workers_up - called, "workers_to_first_step_s": first_step_at - workers_up,
                        "first_loss": loss[0][1], "last_loss": loss[-1][1]},
         "memory": sampler.summary(),
     }
+
+
+def plain_step_times(cfg: Config, stage: str, tokenizer: Any, batch: dict[str, Any], steps: int, threads: int,
+                     warmup: int = 2) -> list[float]:
+    """Seconds per optimizer step of the same stage model (same freeze policy), AdamW and gradient clipping on
+    one ``batch`` of the stage's global size, in this process with ``threads`` torch threads — the floor a
+    distributed step is compared with."""
+    import torch
+
+    from deco_core.train.loop import build_stage_model
+    from deco_core.train.schedule import param_groups
+
+    t = getattr(cfg, stage)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_stage_model(cfg, stage, tokenizer).train()
+        opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+        params = [p for p in model.parameters() if p.requires_grad]
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        return times
+    finally:
+        torch.set_num_threads(previous)

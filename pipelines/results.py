@@ -23,6 +23,7 @@ from rich.console import Console
 from deco_core.data.convert.common import load_json
 from pipelines.bench_repro_tables import reproduce_markdown
 from pipelines.bench_tables import bench_markdown
+from pipelines.summary import tiny_markdown
 
 log = logging.getLogger(__name__)
 _console = Console(markup=False, highlight=False)
@@ -40,12 +41,19 @@ class ResultBlock:
     figures: tuple[str, ...]
     render: Callable[[dict[str, Any]], str]
     produced_by: str
+    published_as: str = ""  # the file name under docs/results (default: json_name)
+
+    @property
+    def docs_name(self) -> str:
+        return self.published_as or self.json_name
 
 
 # fmt: off
 BLOCKS: dict[str, ResultBlock] = {  # README marker name -> result
     "bench":     ResultBlock("runs/bench",     "bench.json",     (),                   bench_markdown,     "make bench"),
     "reproduce": ResultBlock("runs/reproduce", "reproduce.json", ("convergence.png",), reproduce_markdown, "make reproduce"),
+    "tiny":      ResultBlock("runs/tiny/workflow", "summary.json", (),             tiny_markdown,      "make run",
+                             published_as="tiny.json"),
 }
 # fmt: on
 
@@ -71,7 +79,7 @@ def _load(path: Path) -> dict[str, Any]:
 def render_block(name: str, json_dir: Path, link_dir: Path = DOCS) -> str:
     """README text of result ``name`` from ``<json_dir>/<json>``: headings shifted, figure links under ``link_dir``."""
     block = BLOCKS[name]
-    text = block.render(_load(json_dir / block.json_name))
+    text = block.render(_load(json_dir / block.docs_name))
     text = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + HEADING_SHIFT) + " ", text, flags=re.M)
     for figure in block.figures:
         text = text.replace(f"]({figure})", f"]({link_dir.as_posix()}/{figure})")
@@ -98,12 +106,13 @@ def publish(names: list[str], readme: Path, docs: Path = DOCS, root: Path = ROOT
             if not (src / fname).is_file():
                 raise ResultsError(f"{src / fname} not found: run `{block.produced_by}` first")
         (root / docs).mkdir(parents=True, exist_ok=True)
-        for fname in (block.json_name, *block.figures):
+        written.append(Path(shutil.copyfile(src / block.json_name, root / docs / block.docs_name)))
+        for fname in block.figures:
             written.append(Path(shutil.copyfile(src / fname, root / docs / fname)))
         start, stop = _span(text, name, readme)
         rendered = render_block(name, root / docs, docs)
         text = text[:start] + "\n" + rendered + text[stop:]
-        log.info("results: published %s (%s) into %s", name, ", ".join(block.figures + (block.json_name,)), readme)
+        log.info("results: published %s (%s) into %s", name, ", ".join(block.figures + (block.docs_name,)), readme)
     tmp = readme.with_suffix(readme.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(readme)

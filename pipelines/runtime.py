@@ -14,10 +14,50 @@ WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # MLflow's INFO lines on every worker (database set-up, "skip GPU metrics") repeat per stage.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # Ray Train's controller polls its workers this often (default 2 s); a stage ends, and a reported
     # checkpoint is collected, on the next poll, so a short stage on a small machine pays up to 2 s each time.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+
+
+# Settings for an in-process local Ray only (a cluster keeps Ray's defaults). Every actor is a process, and
+# process starts are most of a stage's fixed cost on a small machine.
+LOCAL_ONLY_ENV = {
+    # Ray Train's preemption watcher polls node drain state; one local node is never drained or preempted.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def ray_data_logging_config(console_level: str) -> str:
+    """A Ray Data logging config file (Ray's own layout) whose console shows ``console_level`` and up, while the
+    session's ``ray-data.log`` files keep every DEBUG line; returns its path. Ray Data prints each dataset's
+    execution plan and start/finish lines at INFO, several per stage."""
+    import tempfile
+
+    import yaml
+
+    config = {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
+        "filters": {"console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"}},
+        "handlers": {
+            "file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
+                     "filename": "ray-data.log"},
+            "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": console_level,
+                        "filters": ["console_filter"]},
+        },
+        "loggers": {
+            "ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False},
+            # "Progress bars disabled" is a WARNING, once per process, about the setting we chose on purpose.
+            "ray.data._internal.progress": {"level": "ERROR", "handlers": ["file", "console"], "propagate": False},
+        },
+    }
+    fd, path = tempfile.mkstemp(prefix="deco-ray-data-logging-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
 
 
 def worker_env(cfg: Config) -> dict[str, str]:
@@ -51,7 +91,10 @@ def ensure_ray(cfg: Config) -> None:
         log.info("connected to Ray cluster at %s", cfg.ray.address or "auto")
         return
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    os.environ.update({k: v for k, v in LOCAL_ONLY_ENV.items() if k not in os.environ})
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", ray_data_logging_config(cfg.ray.log_level))
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              object_store_memory=cfg.ray.object_store_memory_mb * 1024**2 or None,
-             runtime_env={"env_vars": env}, log_to_driver=True)
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "deco_core.logs.quiet_ray_worker"},
+             log_to_driver=True)
     log.info("started local Ray with %s logical CPUs", cfg.ray.num_cpus)

@@ -25,6 +25,7 @@ from deco_core.tracking import get_or_create_run, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 PACKAGE_DIRS = ("deco_core", "pipelines")
+RAY_STAGES = ("pretrain", "finetune", "evaluate")  # stages that run on Ray
 
 
 @dataclass
@@ -176,6 +177,11 @@ class Workflow:
         unknown = set(only or []) - set(self.stages)
         if unknown:
             raise KeyError(f"unknown stage(s) {sorted(unknown)}; valid: {', '.join(self.stages)}")
+        started_at, t0 = time.time(), time.perf_counter()
+        if any(s in RAY_STAGES for s in selected):
+            from pipelines.runtime import ensure_ray
+
+            ensure_ray(self.cfg)  # one Ray instance for the whole workflow, started before any stage's clock
         parent = get_or_create_run(self.tracking_uri, self.cfg.tracking.experiment,
                                    f"{self.cfg.pipeline.name}-workflow-{int(time.time())}", self.cfg.pipeline.root,
                                    tags={"deco.kind": "workflow", "deco.code_version": code_version()})
@@ -190,6 +196,9 @@ class Workflow:
         finally:
             failed = any(r.status == "failed" for r in reports)
             self._client().set_terminated(parent, "FAILED" if failed else "FINISHED")
+        from pipelines.summary import write_summary
+
+        write_summary(self.cfg, reports, time.perf_counter() - t0, started_at)
         return reports
 
     def _client(self):

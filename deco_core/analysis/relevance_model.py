@@ -93,7 +93,7 @@ def build_inputs(model, pixels: np.ndarray, prompt: str, answer: str | None = No
     tok = model.tokenizer
     prompt = with_image_placeholder(prompt)
     max_length = int(getattr(model.llm.config, "max_position_embeddings", 4096))
-    prefix = tokenize_segments([Segment(prompt_text(prompt), False)], tok, model.image_token_id,
+    prefix = tokenize_segments([Segment(prompt_text(prompt, model.cfg.chat_template), False)], tok, model.image_token_id,
                                model.num_image_tokens, max_length, has_image=True).input_ids
     if answer_ids is None:
         if not (answer or "").strip():

@@ -7,6 +7,7 @@ boundaries exactly. ``<image>`` is expanded into exactly the projector's ``num_i
 Templates (LLaVA ``llava/conversation.py``):
   * ``plain``     — ``<image>`` + caption + ``\\n``; the caption and newline are learned (alignment stage).
   * ``vicuna_v1`` — ``{system} USER: {q} ASSISTANT: {a}</s>USER: …``; only ``{a}</s>`` is learned.
+  * ``vicuna_v1_nosys`` — the same without the system line (the tiny default: a model trained from scratch).
 
 Truncation: a sequence longer than ``max_length`` is cut from the end; if the cut would reach the image tokens
 or leave no learned token, the sample is rejected with ``SampleError("too_long")`` (never a silent wrong sample).
@@ -15,9 +16,10 @@ or leave no learned token, the sample is rejected with ``SampleError("too_long")
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
@@ -78,7 +80,7 @@ def vicuna_v1_segments(conversations: list[dict[str, Any]], system: str = VICUNA
     """Multi-turn ``vicuna_v1``; conversations must alternate human, gpt, human, gpt, …"""
     _check_turns(conversations)
     segs: list[Segment] = []
-    prefix = system + " "
+    prefix = system + " " if system else ""
     for i, turn in enumerate(conversations):
         expected = "human" if i % 2 == 0 else "gpt"
         if turn["from"] != expected:
@@ -93,28 +95,39 @@ def vicuna_v1_segments(conversations: list[dict[str, Any]], system: str = VICUNA
     return segs
 
 
+def vicuna_v1_nosys_segments(conversations: list[dict[str, Any]]) -> list[Segment]:
+    """``vicuna_v1`` without the system line (``USER: {q} ASSISTANT: {a}</s>``): ~30 fewer tokens per sample,
+    for models trained from scratch, where the fixed sentence teaches nothing."""
+    return vicuna_v1_segments(conversations, system="")
+
+
+# name -> (segments builder, system line of the generation prompt; None = no chat prompt)
 TEMPLATES = {
-    "plain": plain_segments,
-    "vicuna_v1": vicuna_v1_segments,
+    "plain": (plain_segments, None),
+    "vicuna_v1": (vicuna_v1_segments, VICUNA_SYSTEM),
+    "vicuna_v1_nosys": (vicuna_v1_nosys_segments, ""),
 }
 
 
-def prompt_text(question: str, template: str = "vicuna_v1", system: str = VICUNA_SYSTEM) -> str:
-    """The generation prompt for one question (the assistant's answer follows it)."""
-    if template == "plain":
+def prompt_text(question: str, template: str = "vicuna_v1") -> str:
+    """The generation prompt for one question in ``template`` (the assistant's answer follows it)."""
+    get_template(template)
+    system = TEMPLATES[template][1]
+    if system is None:
         return IMAGE_PLACEHOLDER
-    return f"{system} USER: {question} ASSISTANT:"
+    return f"{system + ' ' if system else ''}USER: {question} ASSISTANT:"
 
 
 def template_strings() -> list[str]:
     """Every fixed string the templates emit (so an offline tokenizer can cover them)."""
-    return [VICUNA_SYSTEM + " USER: <image>\nq ASSISTANT: a</s>USER: q ASSISTANT: a</s>", "<image>a\n"]
+    return [VICUNA_SYSTEM + " USER: <image>\nq ASSISTANT: a</s>USER: q ASSISTANT: a</s>", "<image>a\n",
+            "USER: <image>\nq ASSISTANT: a</s>"]
 
 
 def get_template(name: str):
     if name not in TEMPLATES:
         raise KeyError(f"unknown template {name!r}; valid: {', '.join(sorted(TEMPLATES))}")
-    return TEMPLATES[name]
+    return TEMPLATES[name][0]
 
 
 def tokenize_segments(

@@ -48,8 +48,8 @@ def preprocess_record(record: dict[str, Any], spec: PreprocessSpec) -> dict[str,
     Raises SampleError (with a counter reason) for anything that cannot become a training example.
     """
     key, meta, image = decode_record(record)
-    pixels = spec.transform(image) if image is not None else np.zeros(
-        (3, spec.transform.size, spec.transform.size), np.float32)
+    pixels = spec.transform.to_uint8(image) if image is not None else np.zeros(
+        (3, spec.transform.size, spec.transform.size), np.uint8)  # normalised per batch by `collate`
     ex = preprocess_conversation(meta.get("conversations"), spec.tokenizer, spec.template, spec.image_token_id,
                                  spec.num_image_tokens, spec.max_length, has_image=image is not None)
     n = len(ex.input_ids)
@@ -80,41 +80,26 @@ def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Ray batch (numpy) -> torch tensors, trimming padding columns beyond the longest sequence."""
+def collate(batch: dict[str, np.ndarray], transform: ImageTransform) -> dict[str, Any]:
+    """Ray batch (numpy) -> torch tensors: padding columns beyond the longest sequence trimmed, uint8 pixels
+    normalised with ``transform`` (the preprocessing spec's)."""
     import torch
 
     length = max(int(batch["attention_mask"].sum(axis=1).max()), 1)
     out = {k: torch.as_tensor(np.ascontiguousarray(batch[k][:, :length]))
            for k in ("input_ids", "labels", "attention_mask")}
-    out["pixel_values"] = torch.as_tensor(batch["pixel_values"])
+    pixels = batch["pixel_values"]
+    out["pixel_values"] = torch.as_tensor(transform.normalize(pixels) if pixels.dtype == np.uint8 else pixels)
     out["image_mask"] = torch.as_tensor(batch["has_image"].astype(bool))
     return out
 
 
 # -------------------------------------------------------------------------------------------- counting
-def _counter_actor_cls():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class QualityCounter:
-        """Aggregates per-reason sample counts from every preprocessing actor."""
-
-        def __init__(self) -> None:
-            self.counts: Counter = Counter()
-
-        def add(self, counts: dict[str, int]) -> None:
-            self.counts.update(counts)
-
-        def snapshot(self) -> dict[str, int]:
-            return dict(self.counts)
-
-    return QualityCounter
-
-
 def get_quality_counter(name: str):
-    """The run's named counter actor (created on first use)."""
-    return _counter_actor_cls().options(name=f"deco-quality-{name}", get_if_exists=True).remote()
+    """The run's bad-sample counter: the stage monitor actor (``deco_core.monitor``), created on first use."""
+    from deco_core.monitor import get_monitor
+
+    return get_monitor(name)
 
 
 def check_quality(counts: dict[str, int], max_bad_fraction: float, min_seen: int = 50) -> dict[str, float]:
@@ -153,7 +138,7 @@ class Preprocessor:
 def _empty_batch(spec: PreprocessSpec) -> dict[str, np.ndarray]:
     s, L = spec.transform.size, spec.max_length
     return {"input_ids": np.zeros((0, L), np.int64), "labels": np.zeros((0, L), np.int64),
-            "attention_mask": np.zeros((0, L), np.int64), "pixel_values": np.zeros((0, 3, s, s), np.float32),
+            "attention_mask": np.zeros((0, L), np.int64), "pixel_values": np.zeros((0, 3, s, s), np.uint8),
             "has_image": np.zeros((0,), bool), "key": np.zeros((0,), object)}
 
 

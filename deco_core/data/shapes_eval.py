@@ -29,6 +29,7 @@ from deco_core.data.shapes_scene import (
 )
 from deco_core.data.shapes_text import (
     ANSWER_SYNONYMS,
+    BOX_SEP,
     DESCRIBE_PROMPT,
     IMAGE_TOKEN,
     MC_LETTERS,
@@ -265,7 +266,7 @@ def eval_rec_samples(
         target = int(rng.integers(len(scene.objects)))
         spatial = bool(rng.random() < config.spatial_prob)
         ref = refer(scene, target, {"shape", "colour", "size", "position"}, spatial=spatial)
-        answer = box_text(scene.norm_box(target), config.coord_step_hundredths)
+        answer = box_text(scene.norm_box(target), config.coord_step_hundredths, BOX_SEP)
         prompt = f"{IMAGE_TOKEN}\n{REC_PROMPT.format(ref=ref)}"
         meta = {
             "question_type": "spatial_ground" if spatial else "ground",

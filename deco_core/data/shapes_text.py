@@ -89,13 +89,19 @@ def pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def box_text(box: Sequence[float], step_hundredths: int = 1) -> str:
-    """'[x1, y1, x2, y2]' with two decimals, each value rounded half up to the `step_hundredths` / 100 grid."""
+BOX_SEP = ","
+"""ShapesWorld writes boxes without spaces ('[0.15,0.40,0.35,0.60]'): every coordinate then follows a bracket or a
+comma, so it is one and the same token in each of the four positions. Converted public data keeps LLaVA's ', '."""
+
+
+def box_text(box: Sequence[float], step_hundredths: int = 1, sep: str = ", ") -> str:
+    """'[x1, y1, x2, y2]' with two decimals, each value rounded half up to the `step_hundredths` / 100 grid;
+    `sep` joins the four values (ShapesWorld uses BOX_SEP)."""
     parts = []
     for v in box:
         k = min(max(math.floor(float(v) * 100 / step_hundredths + 0.5) * step_hundredths, 0), 100)  # half up
         parts.append(f"{k // 100}.{k % 100:02d}")
-    return "[" + ", ".join(parts) + "]"
+    return "[" + sep.join(parts) + "]"
 
 
 # ---------------------------------------------------------------- referring expressions and captions
@@ -260,7 +266,7 @@ def ground_qa(scene: Scene, rng: np.random.Generator, spatial: bool = False, ste
     target = int(rng.integers(len(scene.objects)))
     ref = refer(scene, target, {"shape", "colour", "size", "position"}, spatial=spatial)
     question = pick(rng, QUESTION_TEMPLATES["ground"]).format(ref=ref)
-    return QA("ground", question, box_text(scene.norm_box(target), step_hundredths), target, short=False)
+    return QA("ground", question, box_text(scene.norm_box(target), step_hundredths, BOX_SEP), target, short=False)
 
 
 def describe_qa(scene: Scene, rng: np.random.Generator, spatial: bool = False) -> QA:

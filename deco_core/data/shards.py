@@ -172,7 +172,7 @@ def _flush_shard(pub: _Publisher, name: str, batch: list[dict], source: str, spl
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    log.info("wrote shard %s (%d samples, %d bytes)", join_uri(pub.out_uri, name), row.samples, row.bytes)
+    log.debug("wrote shard %s (%d samples, %d bytes)", join_uri(pub.out_uri, name), row.samples, row.bytes)
     return row
 
 
@@ -233,7 +233,7 @@ def write_shards(
     finally:
         pub.close()
     manifest = Manifest(base_uri=_norm_base(out_uri), rows=rows)
-    log.info("wrote %d samples in %d shards + manifest to %s", manifest.total_samples, len(rows), out_uri)
+    log.debug("wrote %d samples in %d shards + manifest to %s", manifest.total_samples, len(rows), out_uri)
     return manifest
 
 

@@ -1,5 +1,8 @@
 """CLIP-style image transform shared by training, evaluation and analysis: decode -> (pad to square with the
-mean colour) -> resize shortest edge + centre crop -> rescale to [0, 1] -> normalise. Output [3, S, S] float32."""
+mean colour) -> resize shortest edge + centre crop -> rescale to [0, 1] -> normalise. Output [3, S, S] float32.
+
+Training preprocessing stops after the crop (``to_uint8``: [3, S, S] uint8, a quarter of the bytes to move and
+keep) and the training worker normalises whole batches (``normalize``); the result is the same as ``__call__``."""
 
 from __future__ import annotations
 
@@ -27,13 +30,21 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image -> normalised pixel values [3, size, size] float32."""
+        return self.normalize(self.to_uint8(image))
+
+    def to_uint8(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> padded, resized and cropped pixels [3, size, size] uint8 (not yet normalised)."""
         image = image.convert("RGB")
         if self.pad_to_square:
             image = expand_to_square(image, tuple(int(round(m * 255)) for m in self.mean))
         image = resize_and_crop(image, self.size)
-        arr = np.asarray(image, dtype=np.float32) / 255.0  # [S, S, 3]
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [3, S, S]
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))  # [3, S, S]
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels [..., 3, S, S] -> normalised float32 of the same shape."""
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        return np.ascontiguousarray((pixels.astype(np.float32) / 255.0 - mean) / std)
 
 
 def decode_image(data: bytes, key: str = "?") -> Image.Image:

@@ -30,7 +30,11 @@ from deco_core.eval.tasks import Task, get_task
 logger = logging.getLogger(__name__)
 
 TASK_COLUMN = "__task__"
-OUTPUT_COLUMNS = ("question_id", "task", "key", "shard", "prompt", "prediction", "references", "score", "error")
+OUTPUT_COLUMNS = ("question_id", "task", "key", "shard", "prompt", "prediction", "references", "score", "error",
+                  "blind_prediction", "blind_score")
+# The blind baseline answers each question with the image of the question BLIND_SHIFT places later in the same
+# batch: more than one POPE block (6 questions share an image), so the image always belongs to another scene.
+BLIND_SHIFT = 7
 
 
 @dataclass
@@ -86,7 +90,7 @@ def encode_prompts(model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tenso
     """User turns -> LEFT-padded input_ids [B, T] and attention_mask [B, T] (0 on pads), vicuna_v1 template."""
     tok = model.tokenizer
     max_length = int(getattr(model.llm.config, "max_position_embeddings", 4096))
-    seqs = [tokenize_segments([Segment(prompt_text(p), learn=False)], tok, model.image_token_id,
+    seqs = [tokenize_segments([Segment(prompt_text(p, model.cfg.chat_template), learn=False)], tok, model.image_token_id,
                               model.num_image_tokens, max_length, has_image=True).input_ids for p in prompts]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)  # [B, T]
@@ -120,19 +124,30 @@ def generate_answers(model, prompts: list[str], pixels: list[np.ndarray], max_ne
     return decode_new_tokens(model, new_ids)
 
 
-def answer_questions(model, task: Task, questions: list[Question], max_new_tokens: int) -> list[dict[str, Any]]:
-    """Generate and score one batch of questions; failed records get an empty prediction and score 0."""
+def answer_questions(model, task: Task, questions: list[Question], max_new_tokens: int,
+                     blind: bool = False) -> list[dict[str, Any]]:
+    """Generate and score one batch of questions; failed records get an empty prediction and score 0.
+
+    With ``blind`` every question is also answered with another question's image (``BLIND_SHIFT``): the blind
+    baseline, i.e. what the model scores from the text alone (``blind_prediction`` / ``blind_score``).
+    """
     good = [q for q in questions if not q.error]
-    answers = generate_answers(model, [q.prompt for q in good], [q.pixels for q in good], max_new_tokens) \
-        if good else []
+    prompts, pixels = [q.prompt for q in good], [q.pixels for q in good]
+    answers = generate_answers(model, prompts, pixels, max_new_tokens) if good else []
+    shifted = pixels[BLIND_SHIFT % len(pixels):] + pixels[:BLIND_SHIFT % len(pixels)] if good else []
+    blind_answers = generate_answers(model, prompts, shifted, max_new_tokens) if blind and len(good) > 1 else []
     by_id = {id(q): a for q, a in zip(good, answers, strict=True)}
+    blind_by_id = {id(q): a for q, a in zip(good, blind_answers, strict=False)}
     rows = []
     for q in questions:
         pred = by_id.get(id(q), "")
         score = task.score_one(pred, q.references) if not q.error else 0.0
+        blind_pred = blind_by_id.get(id(q))
+        blind_score = task.score_one(blind_pred, q.references) if blind_pred is not None else float("nan")
         rows.append({"question_id": q.question_id, "task": task.name, "key": q.key, "shard": q.shard,
                      "prompt": q.prompt, "prediction": pred, "references": json.dumps(q.references),
-                     "score": float(score), "error": q.error})
+                     "score": float(score), "error": q.error, "blind_prediction": blind_pred or "",
+                     "blind_score": float(blind_score)})
     return rows
 
 
@@ -167,13 +182,14 @@ class GenerationActor:
     """
 
     def __init__(self, model_uri: str, task_name: str | None = None, max_new_tokens: int | None = None,
-                 storage: StorageConfig | None = None, num_threads: int = 1) -> None:
+                 storage: StorageConfig | None = None, num_threads: int = 1, blind: bool = False) -> None:
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU only when the actor was given one
         self.model = load_model(model_uri, storage, device)
         self.task_name = task_name
         self.transform = ImageTransform.from_vision_config(self.model.cfg.vision)
         self.max_new_tokens = max_new_tokens
+        self.blind = blind
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["__key__"])
@@ -186,9 +202,9 @@ class GenerationActor:
             task = get_task(name)
             questions = [decode_question(r, task, self.transform) for r in group]
             rows += answer_questions(self.model, task, questions,
-                                     effective_max_new_tokens(task, self.max_new_tokens))
-        out = {c: np.array([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS if c != "score"}
-        out["score"] = np.array([r["score"] for r in rows], dtype=np.float64)
+                                     effective_max_new_tokens(task, self.max_new_tokens), self.blind)
+        out = {c: np.array([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS if not c.endswith("score")}
+        out.update({c: np.array([r[c] for r in rows], dtype=np.float64) for c in ("score", "blind_score")})
         return out
 
 
@@ -232,7 +248,7 @@ def run_generation_tasks(model_uri: str, data_uris: Mapping[str, str], out_uri: 
     ds = ds.map_batches(
         GenerationActor,
         fn_constructor_kwargs={"model_uri": model_uri, "max_new_tokens": cfg.max_new_tokens, "storage": storage,
-                               "num_threads": max(1, int(cfg.cpus_per_actor))},
+                               "num_threads": max(1, int(cfg.cpus_per_actor)), "blind": cfg.blind_baseline},
         batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.cpus_per_actor,
         num_gpus=num_gpus or None,
     )

@@ -40,21 +40,42 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mapping[str, str], path: Path) -> Path:
-    """Bar chart of each task's primary metric, written as PNG with the Agg canvas (no global backend state)."""
+Baselines = Mapping[str, Mapping[str, float | None]]  # task -> {"blind": score, "chance": score}; None = n/a
+
+
+def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mapping[str, str], path: Path,
+                baselines: Baselines | None = None) -> Path:
+    """Bar chart of each task's primary metric beside its blind baseline (same model, images shuffled across
+    questions) and a chance mark, written as PNG with the Agg canvas (no global backend state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(task_scores)
+    baselines = baselines or {}
     values = [float(task_scores[n][primaries[n]]) for n in names]
-    fig = Figure(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.2), dpi=100)
+    blind = [baselines.get(n, {}).get("blind") for n in names]
+    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 1.5), 3.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    bars = ax.bar(range(len(names)), values, color="#4C72B0")
+    width = 0.4 if any(b is not None for b in blind) else 0.8
+    bars = ax.bar([i - (width / 2 if width < 0.8 else 0) for i in range(len(names))], values, width,
+                  color="#4C72B0", label="model")
+    ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7)
+    if width < 0.8:
+        shown = [(i, b) for i, b in enumerate(blind) if b is not None]
+        blind_bars = ax.bar([i + width / 2 for i, _ in shown], [b for _, b in shown], width, color="#BBBBBB",
+                            hatch="//", label="blind (images shuffled)")
+        ax.bar_label(blind_bars, labels=[_fmt(b) for _, b in shown], fontsize=7)
+    for i, n in enumerate(names):
+        chance = baselines.get(n, {}).get("chance")
+        if chance is not None:
+            ax.hlines(chance, i - 0.45, i + 0.45, colors="#C44E52", linestyles="--",
+                      label="chance" if not ax.get_legend_handles_labels()[1].count("chance") else None)
     ax.set_xticks(range(len(names)), [f"{n}\n({primaries[n]})" for n in names], fontsize=8)
     ax.set_ylabel("score")
-    ax.set_ylim(0, max(1.0, max(values, default=0.0) * 1.1))
-    ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
+    ax.set_ylim(0, max(1.0, max(values, default=0.0) * 1.15))
+    if baselines:
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_title("Primary metric per task")
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -73,12 +94,14 @@ def _save_image(case: WorstCase, folder: Path, index: int) -> None:
 
 
 def _score_rows(task_scores: Mapping[str, Mapping[str, float]], groups: Mapping[str, str],
-                primaries: Mapping[str, str]) -> list[tuple[str, str, str, str, str]]:
-    """(task, group, primary, primary value, all metrics) per task."""
+                primaries: Mapping[str, str], baselines: Baselines) -> list[tuple[str, ...]]:
+    """(task, group, primary, primary value, blind, chance, all metrics) per task."""
     rows = []
     for name, scores in task_scores.items():
         others = ", ".join(f"{k}={int(v) if k in _COUNTS else _fmt(v)}" for k, v in sorted(scores.items()))
-        rows.append((name, groups[name], primaries[name], _fmt(scores[primaries[name]]), others))
+        base = baselines.get(name, {})
+        cells = [_fmt(v) if (v := base.get(k)) is not None else "—" for k in ("blind", "chance")]
+        rows.append((name, groups[name], primaries[name], _fmt(scores[primaries[name]]), *cells, others))
     return rows
 
 
@@ -88,7 +111,9 @@ def _markdown(title: str, rows: list, group_scores: Mapping[str, float],
     lines += [f"- **{k}**: {v}" for k, v in header.items()] + [""]
     lines += ["## Groups", "", "| group | mean primary score |", "|---|---|"]
     lines += [f"| {g} | {_fmt(v)} |" for g, v in group_scores.items()]
-    lines += ["", "## Tasks", "", "| task | group | primary | score | all metrics |", "|---|---|---|---|---|"]
+    lines += ["", "## Tasks", "", "Blind: the same model with images shuffled across questions. Chance: uniform "
+              "guessing over the closed answer set (— for open answers).", "",
+              "| task | group | primary | score | blind | chance | all metrics |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     lines += ["", "![scores](scores.png)", "", "## Worst cases", ""]
     for task, cases in worst.items():
@@ -114,8 +139,9 @@ def _html(title: str, rows: list, group_scores: Mapping[str, float],
     parts += [f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in header.items()]
     parts.append("</ul><h2>Groups</h2><table><tr><th>group</th><th>mean primary score</th></tr>")
     parts += [f"<tr><td>{e(g)}</td><td>{_fmt(v)}</td></tr>" for g, v in group_scores.items()]
-    parts.append("</table><h2>Tasks</h2><table><tr><th>task</th><th>group</th><th>primary</th><th>score</th>"
-                 "<th>all metrics</th></tr>")
+    parts.append("</table><h2>Tasks</h2><p>Blind: the same model with images shuffled across questions. Chance: "
+                 "uniform guessing over the closed answer set (— for open answers).</p><table><tr><th>task</th>"
+                 "<th>group</th><th>primary</th><th>score</th><th>blind</th><th>chance</th><th>all metrics</th></tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
     parts.append("</table><p><img src='scores.png' alt='scores'></p><h2>Worst cases</h2>")
     for task, cases in worst.items():
@@ -134,21 +160,23 @@ def _html(title: str, rows: list, group_scores: Mapping[str, float],
 def write_report(out_dir: str | Path, task_scores: Mapping[str, Mapping[str, float]],
                  group_scores: Mapping[str, float], groups: Mapping[str, str], primaries: Mapping[str, str],
                  worst: Mapping[str, Sequence[WorstCase]], header: Mapping[str, str] | None = None,
-                 title: str = "DeCo evaluation report") -> dict[str, Path]:
+                 title: str = "DeCo evaluation report", baselines: Baselines | None = None) -> dict[str, Path]:
     """Write the report folder; returns {"markdown", "html", "chart"} paths.
 
     Args:
         task_scores: task -> {metric: value}; groups / primaries: task -> group name / primary metric name.
         group_scores: group -> mean primary score; worst: task -> worst cases (lowest score first).
         header: extra key/value lines (model URI, data URIs, config) shown at the top.
+        baselines: task -> {"blind", "chance"} primary scores shown beside the model's (table and chart).
     """
     folder = Path(out_dir)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    chart = plot_scores(task_scores, primaries, folder / "scores.png")
+    baselines = baselines or {}
+    chart = plot_scores(task_scores, primaries, folder / "scores.png", baselines)
     for cases in worst.values():
         for i, case in enumerate(cases):
             _save_image(case, folder / "images", i)
-    rows = _score_rows(task_scores, groups, primaries)
+    rows = _score_rows(task_scores, groups, primaries, baselines)
     header = dict(header or {})
     md = folder / "report.md"
     md.write_text(_markdown(title, rows, group_scores, worst, header), encoding="utf-8")

@@ -37,13 +37,31 @@ def shapes_tasks() -> list[str]:
     return [name for name, t in TASKS.items() if t.shapes_stream]
 
 
+def eval_set_fingerprint(n: int, seed: int, shapes: Any, split: str = "val") -> str:
+    """Digest of everything that shapes a ShapesWorld eval set (size, seed, split, the generator config and the
+    generator code): a changed image size, object setting or box grid never reuses a stale cached set."""
+    import dataclasses
+    import hashlib
+
+    import deco_core.data.shapes_eval as gen_eval
+    import deco_core.data.shapes_scene as gen_scene
+    import deco_core.data.shapes_text as gen_text
+
+    h = hashlib.sha256(json.dumps({"n": n, "seed": seed, "split": split, "shapes": dataclasses.asdict(shapes)},
+                                  sort_keys=True, default=str).encode())
+    for module in (gen_eval, gen_scene, gen_text):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def build_shapes_eval_shards(root_uri: str, n: int, seed: int, tasks: Sequence[str] | None = None,
                              split: str = "val", samples_per_shard: int = 100,
-                             storage: StorageConfig | None = None) -> dict[str, str]:
-    """Write each ShapesWorld eval split (n questions per task) as shards under `root_uri/<task>`.
+                             storage: StorageConfig | None = None, shapes: Any = None) -> dict[str, str]:
+    """Write each ShapesWorld eval split (n questions per task) as shards under `root_uri/<task>`, drawn with the
+    ``shapes`` generator config (``data.shapes``; the defaults when None).
 
-    A frozen eval set: the same (n, seed, split) always gives byte-identical shards. POPE's n is rounded up to a
-    multiple of 6 so that every POPE split stays exactly balanced. Returns {task: shard folder URI}.
+    A frozen eval set: the same (n, seed, split, config) always gives byte-identical shards. POPE's n is rounded up
+    to a multiple of 6 so that every POPE split stays exactly balanced. Returns {task: shard folder URI}.
     """
     from deco_core.data.shapes import SHAPES_GENERATORS
 
@@ -55,7 +73,7 @@ def build_shapes_eval_shards(root_uri: str, n: int, seed: int, tasks: Sequence[s
         count = n + (-n % POPE_BLOCK) if stream == "pope" else n
         uri = join_uri(root_uri, name)
         generator = SHAPES_GENERATORS[stream][0]
-        write_shards(generator(count, seed=seed, split=split), uri, source=f"shapes-{stream}", split=split,
+        write_shards(generator(count, seed=seed, split=split, config=shapes), uri, source=f"shapes-{stream}", split=split,
                      samples_per_shard=samples_per_shard, storage=storage, progress=False)
         uris[name] = uri
     return uris
@@ -146,9 +164,29 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
     return run_id
 
 
+def blind_scores(task_name: str, rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The task's metrics over the blind answers (images shuffled across questions); None when not generated."""
+    blind = [{**r, "prediction": r["blind_prediction"]} for r in rows
+             if r.get("blind_score") is not None and math.isfinite(float(r["blind_score"]))]
+    return get_task(task_name).score(blind) if blind else None
+
+
+def baselines_of(task_scores: Mapping[str, Mapping[str, float]],
+                 blind: Mapping[str, Mapping[str, float] | None]) -> dict[str, dict[str, float | None]]:
+    """task -> {"blind", "chance"} primary scores shown beside the model's."""
+    out = {}
+    for name in task_scores:
+        task, b = get_task(name), blind.get(name)
+        out[name] = {"blind": b[task.primary] if b else None, "chance": task.chance}
+    return out
+
+
 def score_tasks(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str], work: Path, cfg: EvalConfig,
                 storage: StorageConfig | None, num_gpus: float = 0.0) -> tuple[dict, dict, list[dict[str, Any]]]:
-    """Generate answers for all tasks in one actor pool, then score: (task scores, worst cases, all rows)."""
+    """Generate answers for all tasks in one actor pool, then score: (task scores, worst cases, all rows).
+
+    With ``cfg.blind_baseline`` each task's scores also hold ``blind/<metric>``: the same metrics when every
+    question is answered with another question's image."""
     task_objs = [get_task(t) for t in tasks]
     gen_dir = work / "generations"
     run_generation_tasks(model_uri, {t.name: data_uris[t.name] for t in task_objs}, str(gen_dir), cfg, storage,
@@ -160,6 +198,9 @@ def score_tasks(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, st
         rows = [r for r in all_rows if r["task"] == task.name]
         task_scores[task.name] = task.score(rows)
         task_scores[task.name]["n_errors"] = float(sum(bool(r.get("error")) for r in rows))
+        blind = blind_scores(task.name, rows)
+        if blind:
+            task_scores[task.name].update({f"blind/{k}": v for k, v in blind.items() if k != "n"})
         logger.info("eval %s: %s", task.name, {k: round(v, 4) for k, v in task_scores[task.name].items()})
         worst[task.name] = worst_cases(task.name, rows, cfg.worst_cases, data_uris[task.name], storage)
     return task_scores, worst, all_rows
@@ -185,11 +226,17 @@ def evaluate(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str],
         out = Path(tmp) if remote else Path(get_filesystem(str(out_dir))[1])
         task_scores, worst, all_rows = score_tasks(model_uri, tasks, data_uris, out, cfg, storage, num_gpus)
         groups = group_scores(task_scores)
+        blind = {t: {k.removeprefix("blind/"): v for k, v in s.items() if k.startswith("blind/")} or None
+                 for t, s in task_scores.items()}
+        baselines = baselines_of(task_scores, blind)
         pq.write_table(pa.Table.from_pylist(all_rows), out / "predictions.parquet")
-        (out / "scores.json").write_text(json.dumps({"tasks": task_scores, "groups": groups}, indent=2))
+        (out / "scores.json").write_text(json.dumps({"tasks": task_scores, "groups": groups,
+                                                     "baselines": baselines}, indent=2))
         header = {"model": model_uri, **{f"data {t}": data_uris[t] for t in tasks}}
-        write_report(out / "report", task_scores, groups, {t: get_task(t).group for t in tasks},
-                     {t: get_task(t).primary for t in tasks}, worst, header)
+        write_report(out / "report", {t: {k: v for k, v in s.items() if not k.startswith("blind/")}
+                                      for t, s in task_scores.items()}, groups,
+                     {t: get_task(t).group for t in tasks}, {t: get_task(t).primary for t in tasks}, worst,
+                     header, baselines=baselines)
         metrics = flat_metrics(task_scores, groups)
         logged_run = None
         if tracking is not None or run_id is not None:
@@ -201,7 +248,7 @@ def evaluate(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str],
         if remote:
             _upload(out, str(out_dir), storage)
     base = str(out_dir) if remote else str(out)
-    return {"tasks": task_scores, "groups": groups, "metrics": metrics,
+    return {"tasks": task_scores, "groups": groups, "baselines": baselines, "metrics": metrics,
             "predictions": join_uri(base, "predictions.parquet"), "report": join_uri(base, "report", "report.html"),
             "run_id": logged_run}
 

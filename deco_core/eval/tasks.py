@@ -142,13 +142,23 @@ def _agg_mc(rows: Rows) -> dict[str, float]:
     return out
 
 
+REC_EXPRESSION_SPLITS = {"attribute": "ground", "position": "spatial_ground"}  # split -> sample question_type
+
+
 def _agg_rec(rows: Rows) -> dict[str, float]:
     texts = [str(r["prediction"]) for r in rows]
     boxes = [list(_refs(r)["bbox"]) for r in rows]
     parsed = [M.parse_box(t) for t in texts]
     ious = [M.box_iou(p, b) if p is not None else 0.0 for p, b in zip(parsed, boxes, strict=True)]
-    return {"acc_at_0.5": M.rec_accuracy(texts, boxes), "mean_iou": _mean(ious),
-            "parse_rate": _mean([float(p is not None) for p in parsed])}
+    out = {"acc_at_0.5": M.rec_accuracy(texts, boxes), "mean_iou": _mean(ious),
+           "parse_rate": _mean([float(p is not None) for p in parsed])}
+    # ShapesWorld tags each expression: attributes ("the small red circle") or position only ("the shape at
+    # the top"). Only the former needs the object's look; both are reported beside the overall score.
+    for split, qtype in REC_EXPRESSION_SPLITS.items():
+        hits = [float(i >= 0.5) for i, r in zip(ious, rows, strict=True) if _refs(r).get("question_type") == qtype]
+        if hits:
+            out[f"acc_at_0.5_{split}"], out[f"n_{split}"] = _mean(hits), float(len(hits))
+    return out
 
 
 def _agg_cider(rows: Rows) -> dict[str, float]:
@@ -186,6 +196,7 @@ class Task:
     max_new_tokens: int = 16
     shapes_stream: str | None = None  # ShapesWorld generator name; None = public data (user gives the URI)
     replace: tuple[tuple[str, str], ...] = ()  # (old, new) substitutions applied to the question
+    chance: float | None = None  # primary score of uniform guessing over a closed answer set; None = open answers
 
     def build_prompt(self, sample: Mapping[str, Any]) -> str:
         """The user turn (with `<image>`) for one sample's json; the chat template is applied by generate.py."""
@@ -230,17 +241,17 @@ _OPEN, _MLLM, _LOC, _CAP = "open-ended VQA", "MLLM benchmarks", "localization", 
 TASKS: dict[str, Task] = {t.name: t for t in (
     #    name              group  scorer             primary        suffix  template  max_new  shapes stream
     Task("shapes-vqa",     _OPEN, "vqa_accuracy",    "accuracy",    _S,     None,     8,       "vqa"),
-    Task("shapes-pope",    _MLLM, "pope",            "f1",          _S,     None,     4,       "pope"),
-    Task("shapes-mc",      _MLLM, "multiple_choice", "accuracy",    _MC,    None,     4,       "mc"),
+    Task("shapes-pope",    _MLLM, "pope",            "f1",          _S,     None,     4,       "pope", chance=0.5),
+    Task("shapes-mc",      _MLLM, "multiple_choice", "accuracy",    _MC,    None,     4,       "mc", chance=0.25),
     Task("shapes-rec",     _LOC,  "rec",             "acc_at_0.5",  "",     _T,       16,      "rec"),
     Task("shapes-caption", _CAP,  "cider",           "cider",       "",     None,     48,      "caption_eval"),
     Task("vqav2",          _OPEN, "vqa_accuracy",    "accuracy",    _S,     None,     16),
     Task("gqa",            _OPEN, "exact_match",     "accuracy",    _S,     None,     16),
     Task("textvqa",        _OPEN, "vqa_normalised",  "accuracy",    _S,     None,     16),
-    Task("pope",           _MLLM, "pope",            "f1",          _S,     None,     8),
+    Task("pope",           _MLLM, "pope",            "f1",          _S,     None,     8, chance=0.5),
     Task("mme",            _MLLM, "mme",             "accuracy",    _S,     None,     8,       None,
          (("Please answer yes or no.", ""),)),
-    Task("mmbench",        _MLLM, "multiple_choice", "accuracy",    _MC,    None,     8),
+    Task("mmbench",        _MLLM, "multiple_choice", "accuracy",    _MC,    None,     8, chance=0.25),
     Task("refcoco",        _LOC,  "rec",             "acc_at_0.5",  "",     _T,       32),
 )}
 # fmt: on

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE_TOKEN]
-# Punctuation is split off; a '.' between digits stays inside the number so "0.12" is one token.
-_PUNCT = Regex(r"\n|[\[\](),?!:;\"]|\.(?!\d)")
 _SPACE = "\u2581"
+# Punctuation is split off together with the space before it (" [" is one token "▁[", never a bare "▁" then
+# "["); a '.' between digits stays inside the number so "0.12" is one token.
+_PUNCT = Regex(_SPACE + r"?(?:\n|[\[\](),?!:;\"]|\.(?!\d))")
 # Encoding splits special tokens out before pre-tokenizing, so training must too ("a</s>USER:" -> "a", "USER:").
 _SPECIAL_SPLIT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 

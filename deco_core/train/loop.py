@@ -22,12 +22,14 @@ import torch.distributed as dist
 
 from deco_core.config import Config, TrainConfig, from_dict
 from deco_core.data.ray_data import check_quality, collate
+from deco_core.data.transforms import ImageTransform
 from deco_core.logs import setup_logging
 from deco_core.model.deco import DecoModel
 from deco_core.tracking import Tracker, make_tracker
 from deco_core.train.checkpoint import consolidated_state_dict, export_model, load_init_model
 from deco_core.train.deepspeed import build_engine
 from deco_core.train.evaluation import mean_token_loss
+from deco_core.train.progress import PhaseClock, find_board
 
 log = logging.getLogger(__name__)
 CKPT_TAG = "ckpt"
@@ -118,11 +120,22 @@ def _maybe_inject_fault(t: TrainConfig, state: LoopState, rank: int, world: int,
     os._exit(1)
 
 
+def _collate_fn(transform: ImageTransform):
+    """``ray_data.collate`` as the callable class Ray Data expects (a plain function is deprecated there)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> dict:
+            return collate(batch, transform)
+
+    return Collate()
+
+
 def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard, tracker: Tracker,
               ctx: dict[str, Any]) -> bool:
     """One pass over the shard; returns False when no batch at all was available."""
     device = engine.device
-    batches = iter(shard.iter_torch_batches(batch_size=t.micro_batch_size, collate_fn=collate, drop_last=True,
+    batches = iter(shard.iter_torch_batches(batch_size=t.micro_batch_size, collate_fn=_collate_fn(ctx["transform"]), drop_last=True,
                                             local_shuffle_buffer_size=ctx["shuffle_buffer"] or None,
                                             local_shuffle_seed=t.seed + state.epoch, prefetch_batches=2))
     stats: StepStats = ctx["stats"]
@@ -132,6 +145,8 @@ def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard,
         tw = time.perf_counter()
         batch = next(batches, None)
         stats.data_wait += time.perf_counter() - tw
+        if "first_batch" not in ctx["clock"].marks:
+            ctx["clock"].mark("first_batch")
         if not _all_have_batch(batch is not None, device):
             break
         got_any = True
@@ -147,6 +162,7 @@ def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard,
         if not boundary:
             continue
         state.step += 1
+        post_progress(ctx, state.step, total_steps, float(loss.detach()), t.global_batch_size)
         if state.step % t.log_every == 0 or state.step == total_steps:
             log_step(engine, t, state, total_steps, tracker, ctx)
         if state.step % t.checkpoint_every == 0 and state.step < total_steps:
@@ -179,11 +195,31 @@ def log_step(engine, t: TrainConfig, state: LoopState, total_steps: int, tracker
     ctx["last_loss"] = loss
     ctx["history"].append((state.step, loss))
     eta = (total_steps - state.step) * metrics["train/step_time_s"]
-    log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
+    # With a progress board the driver shows live progress; the per-step lines stay in the worker log (DEBUG).
+    log.log(logging.DEBUG if ctx.get("board") is not None else logging.INFO, "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
              loss, metrics["train/lr"], metrics["train/samples_per_s"], 100 * metrics["train/data_wait_frac"],
              int(eta))
     tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=state.step)
     stats.reset()
+
+
+def post_progress(ctx: dict[str, Any], step: int, total: int, loss: float, global_batch: int,
+                  every_s: float = 0.5) -> None:
+    """Rank 0 posts the live state to the driver's progress board at most every ``every_s`` seconds."""
+    board = ctx.get("board")
+    now = time.perf_counter()
+    if board is None or (now - ctx.get("posted_at", 0.0) < every_s and step != total):
+        return
+    last_step, last_t = ctx.get("posted", (0, ctx["steps_t0"]))
+    sps = (step - last_step) * global_batch / max(now - last_t, 1e-9)
+    eta = (total - step) * (now - ctx["steps_t0"]) / max(step - ctx["start_step"], 1)
+    board.post.remote({"step": step, "total": total, "loss": loss, "samples_per_s": sps, "eta_s": eta})
+    ctx["posted_at"], ctx["posted"] = now, (step, now)
+
+
+def torch_threads(t: TrainConfig, local_world_size: int) -> int:
+    """Intra-op threads per worker: ``t.torch_threads``, else this node's cores split among its workers."""
+    return t.torch_threads or max(1, (os.cpu_count() or 1) // max(1, local_world_size))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -191,28 +227,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
+    clock = PhaseClock()
+    clock.mark("worker_start")
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     setup_logging(rank)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     cfg = from_dict(config["cfg"])
     stage = config["stage"]
     t: TrainConfig = getattr(cfg, stage)
+    torch.set_num_threads(torch_threads(t, tctx.get_local_world_size()))
     model = build_stage_model(cfg, stage, config["tokenizer"])
+    clock.mark("model_built")
     engine = build_engine(model, t, world, t.use_gpu, config["total_steps"])
     state = maybe_resume(engine)
+    clock.mark("engine_ready")
     tracker = make_tracker(rank, config.get("tracking_uri"), config.get("run_id"), config.get("system_metrics", False))
     if state.step == 0:
         tracker.log_params(config["cfg"])
-    counter = None
-    if config.get("counter_name"):
-        try:
-            counter = ray.get_actor(f"deco-quality-{config['counter_name']}")
-        except ValueError:
-            log.warning("data-quality counter %s not found; bad-sample metrics disabled", config["counter_name"])
+    counter = find_board(config["counter_name"]) if config.get("counter_name") else None
+    if config.get("counter_name") and counter is None:
+        log.warning("stage monitor %s not found; bad-sample metrics disabled", config["counter_name"])
     ctx = {"rank": rank, "world": world, "fault_marker": config.get("fault_marker"), "counter": counter,
            "max_bad_fraction": cfg.data.max_bad_fraction, "shuffle_buffer": cfg.data.shuffle_buffer,
-           "stats": StepStats(), "last_loss": float("nan"), "history": []}
+           "stats": StepStats(), "last_loss": float("nan"), "history": [], "clock": clock,
+           "transform": ImageTransform.from_vision_config(cfg.model.vision),
+           "board": find_board(config["run_name"]) if rank == 0 else None,
+           "steps_t0": time.perf_counter(), "start_step": state.step}
     ctx["stats"].reset()
     shard = ray.train.get_dataset_shard("train")
     total = config["total_steps"]
@@ -222,6 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if not run_epoch(engine, t, state, total, shard, tracker, ctx):
             raise RuntimeError(f"stage {stage}: the training data yielded no batch of {t.micro_batch_size}")
         state.epoch += 1
+    clock.mark("steps_done")
     finish_stage(engine, model, state, tracker, config, ctx)
 
 
@@ -235,15 +276,19 @@ def finish_stage(engine, model: DecoModel, state: LoopState, tracker: Tracker, c
         engine.eval()
         batches = (
             {k: v.to(engine.device) for k, v in b.items()}
-            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=collate)
+            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=_collate_fn(ctx["transform"]))
         )
         metrics["val_loss"] = mean_token_loss(engine, batches)
         log.info("validation loss %.4f", metrics["val_loss"])
         tracker.log_metrics({"val/loss": metrics["val_loss"]}, step=state.step)
+    ctx["clock"].mark("val_done")
     state_dict = consolidated_state_dict(engine, model, ctx["rank"])
+    if config["stage_template"] != "plain":
+        model.cfg.chat_template = config["stage_template"]  # the export is prompted the way it was tuned
     if ctx["rank"] == 0:
         export_model(model, state_dict, config["output_uri"], config.get("storage"))
         tracker.set_tags({"deco.output_uri": config["output_uri"]})
         tracker.log_metrics({"train/final_loss": metrics["loss"]}, step=state.step)
-    save_and_report(engine, state, metrics)
+    ctx["clock"].mark("export_done")
+    save_and_report(engine, state, {**metrics, **ctx["clock"].as_metrics()})
     tracker.finish(status=None)

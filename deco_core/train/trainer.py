@@ -11,12 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from deco_core.config import Config, TrainConfig, to_dict
-from deco_core.data.ray_data import PreprocessSpec, build_dataset, check_quality, get_quality_counter
+from deco_core.data.ray_data import (
+    PreprocessSpec,
+    build_dataset,
+    check_quality,
+    get_quality_counter,
+    preprocess_rows,
+)
+from deco_core.data.shards import iter_samples
 from deco_core.data.transforms import ImageTransform
 from deco_core.model.projectors import build_projector
 from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
+from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, resolve_tracking_uri
 from deco_core.train.loop import train_loop_per_worker
+from deco_core.train.progress import PhaseClock, durations, get_board, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,26 @@ class StageResult:
     checkpoint: str | None = None
     wall_s: float = 0.0
     data: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds (PHASES)
+
+
+# (phase, start mark, end mark): driver marks and the workers' marks reported with the final checkpoint.
+# fmt: off
+PHASES = [
+    ("preprocess_ahead",    "call",          "preprocessed"),   # tokenizer, spec, every sample preprocessed once
+    ("driver_setup",        "call",          "fit_start"),      # all of the above + validation set, MLflow run
+    ("worker_group_start",  "fit_start",     "worker_start"),   # Ray Train controller, placement, worker processes
+    ("model_build",         "worker_start",  "model_built"),    # imports, model construction / init weights
+    ("engine_init",         "model_built",   "engine_ready"),   # DeepSpeed initialise + resume
+    ("data_first_batch",    "engine_ready",  "first_batch"),    # Ray Data pipeline start to the first batch
+    ("steps",               "first_batch",   "steps_done"),     # the training steps themselves
+    ("validation",          "steps_done",    "val_done"),
+    ("export",              "val_done",      "export_done"),    # consolidated state dict + save_pretrained
+    ("checkpoint_teardown", "export_done",   "fit_end"),        # final checkpoint, report, worker group shutdown
+    ("driver_finish",       "fit_end",       "end"),            # quality counts, MLflow run closed
+]
+# fmt: on
+VAL_MAX_SAMPLES = 4096  # the validation split is preprocessed on the driver: it must stay small
 
 
 def stage_tokenizer(cfg: Config, t: TrainConfig):
@@ -55,7 +84,7 @@ def num_visual_tokens(cfg: Config) -> int:
 
 def preprocess_spec(cfg: Config, template: str, tokenizer) -> PreprocessSpec:
     assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) is not None
-    return PreprocessSpec(tokenizer=tokenizer, template=template, num_image_tokens=num_visual_tokens(cfg),
+    return PreprocessSpec(tokenizer=tokenizer_view(tokenizer), template=template, num_image_tokens=num_visual_tokens(cfg),
                           max_length=cfg.model.tokenizer.max_length,
                           transform=ImageTransform.from_vision_config(cfg.model.vision),
                           image_token_id=image_token_id(tokenizer))
@@ -81,16 +110,20 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
 
     t: TrainConfig = getattr(cfg, stage)
     started = time.perf_counter()
+    clock = PhaseClock()
+    clock.mark("call")
     tokenizer = stage_tokenizer(cfg, t)
     spec = preprocess_spec(cfg, t.template, tokenizer)
     counter = get_quality_counter(run_name)  # the driver holds the handle: the actor lives as long as the stage
     storage = cfg.data.storage
     train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
                                       cfg.data.preprocess_cpus, t.samples_per_epoch)
+    if cfg.data.preprocess_ahead:
+        train_ds = train_ds.materialize()  # every sample preprocessed once; the epochs re-read these blocks
+        clock.mark("preprocessed")
     datasets = {"train": train_ds}
     if val_uri:
-        datasets["val"], _ = build_dataset([(val_uri, 1.0)], spec, storage, None, cfg.data.preprocess_batch_size,
-                                           cfg.data.preprocess_cpus, shuffle=False, concurrency=(1, 1))
+        datasets["val"] = validation_dataset(val_uri, spec, storage)
     total_steps = plan_steps(t, n_train)
     tracking_uri = run_id = None
     if tracking:
@@ -99,7 +132,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
                                    parent_run_id, tags={"deco.stage": stage})
     storage_path = _abs_storage(storage_path)
     loop_config = {
-        "cfg": to_dict(cfg), "stage": stage, "tokenizer": tokenizer, "total_steps": total_steps,
+        "cfg": to_dict(cfg), "stage": stage, "stage_template": t.template, "run_name": run_name, "tokenizer": tokenizer, "total_steps": total_steps,
         "output_uri": _abs_storage(output_uri), "tracking_uri": tracking_uri, "run_id": run_id,
         "system_metrics": cfg.tracking.system_metrics, "counter_name": run_name, "storage": storage,
         "has_val": bool(val_uri), "val_batch_size": t.micro_batch_size,
@@ -115,12 +148,17 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
+                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
                              failure_config=FailureConfig(max_failures=t.max_failures)),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    board = get_board(run_name)  # held by the driver for the stage; rank 0 posts its progress there
+    clock.mark("fit_start")
+    with show_progress(board, stage, total_steps):
+        result = trainer.fit()
+    clock.mark("fit_end")
     if getattr(result, "error", None):
         raise result.error
     counts = ray.get(counter.snapshot.remote())
@@ -133,9 +171,31 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         for k, v in data_metrics.items():
             client.log_metric(run_id, k, v, step=int(metrics.get("step", 0)))
         client.set_terminated(run_id, "FINISHED")
-    return StageResult(stage, loop_config["output_uri"], run_id, int(metrics.get("step", total_steps)), metrics,
+    clock.mark("end")
+    marks = {**{k.removeprefix("phase/"): v for k, v in metrics.items() if k.startswith("phase/")}, **clock.marks}
+    phases = durations(marks, PHASES)
+    log.info("stage %s phases: %s", stage, "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+    return StageResult(stage, loop_config["output_uri"], run_id, int(metrics.get("step", total_steps)),
+                       {k: v for k, v in metrics.items() if not k.startswith("phase/")},
                        result.checkpoint.path if result.checkpoint else None, time.perf_counter() - started,
-                       data_metrics)
+                       data_metrics, phases)
+
+
+def validation_dataset(uri: str, spec: PreprocessSpec, storage):
+    """The held-out split, preprocessed here on the driver (it is small) and handed to the workers as an
+    in-memory Ray Dataset: no second streaming pipeline and actor pool to start at the end of the stage."""
+    import itertools
+
+    import ray
+
+    records = list(itertools.islice(iter_samples(uri, storage), VAL_MAX_SAMPLES + 1))
+    if len(records) > VAL_MAX_SAMPLES:
+        raise ValueError(f"validation split {uri} holds more than {VAL_MAX_SAMPLES} samples; it is preprocessed on "
+                         "the driver, so keep it small (or leave it out)")
+    rows, counts = preprocess_rows(records, spec)
+    if not rows:
+        raise ValueError(f"validation split {uri}: none of its {len(records)} samples is usable ({dict(counts)})")
+    return ray.data.from_items([{k: v for k, v in r.items() if k != "key"} for r in rows])
 
 
 def _abs_storage(uri: str) -> str:

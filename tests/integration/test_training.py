@@ -16,9 +16,14 @@ from deco_core.train.trainer import preprocess_spec, run_stage
 pytestmark = pytest.mark.integration
 
 
+TWO_WORKERS = [f"{s}.{k}={v}" for s in ("pretrain", "finetune")
+               for k, v in (("num_workers", 2), ("micro_batch_size", 16), ("cpus_per_worker", 0.5))]
+
+
 def _cfg(tmp_path, *extra: str):
+    """The tiny config on 2 Ray Train workers (the distributed ZeRO path; the tiny default runs 1 worker)."""
     return compose("pipeline/tiny", [f"pipeline.root={tmp_path}", "pretrain.log_every=2", "finetune.log_every=2",
-                                     *extra])
+                                     *TWO_WORKERS, *extra])
 
 
 def _loss_history(cfg, run_id: str) -> list[float]:
@@ -54,7 +59,7 @@ def test_zero2_pretrain_learns_keeps_frozen_weights_and_exports(ray_local, tiny_
 
     spec = preprocess_spec(cfg, "plain", exported.tokenizer)
     rows, _ = preprocess_rows(list(iter_samples(tiny_corpus.val_pretrain)), spec)
-    batches = [collate(stack_rows(rows[i:i + 16])) for i in range(0, len(rows), 16)]
+    batches = [collate(stack_rows(rows[i:i + 16]), spec.transform) for i in range(0, len(rows), 16)]
     loss = mean_token_loss(exported.eval(), batches)
     assert loss == pytest.approx(res.metrics["val_loss"], rel=1e-4)
 

@@ -222,3 +222,31 @@ def test_deco_eval_rejects_bad_arguments_before_any_work(args: list[str], messag
     assert result.exit_code != 0
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_set_fingerprint_follows_everything_that_shapes_the_set() -> None:
+    """The cached eval set is keyed by size, seed and the generator config: any change gives a new key."""
+    from deco_core.data.shapes import ShapesConfig
+    from deco_core.eval.runner import eval_set_fingerprint
+
+    base = eval_set_fingerprint(500, 0, ShapesConfig())
+    assert base == eval_set_fingerprint(500, 0, ShapesConfig())
+    changed = [eval_set_fingerprint(400, 0, ShapesConfig()), eval_set_fingerprint(500, 1, ShapesConfig()),
+               eval_set_fingerprint(500, 0, ShapesConfig(image_size=64)),
+               eval_set_fingerprint(500, 0, ShapesConfig(coord_step=0.05)),
+               eval_set_fingerprint(500, 0, ShapesConfig(max_objects=3))]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_rec_reports_attribute_and_position_only_expressions_apart() -> None:
+    """shapes-rec splits Acc@0.5 by expression kind; data without the tag (RefCOCO) gets the overall score only."""
+    box = [0.1, 0.1, 0.3, 0.3]
+    rows = [{"prediction": "[0.10,0.10,0.30,0.30]", "references": {"bbox": box, "question_type": "ground"}},
+            {"prediction": "[0.60,0.60,0.90,0.90]", "references": {"bbox": box, "question_type": "ground"}},
+            {"prediction": "[0.10,0.10,0.30,0.30]", "references": {"bbox": box, "question_type": "spatial_ground"}}]
+    scores = get_task("shapes-rec").score(rows)
+    assert scores["acc_at_0.5"] == pytest.approx(2 / 3)
+    assert scores["acc_at_0.5_attribute"] == 0.5 and scores["n_attribute"] == 2
+    assert scores["acc_at_0.5_position"] == 1.0 and scores["n_position"] == 1
+    plain = get_task("refcoco").score([{"prediction": r["prediction"], "references": {"bbox": box}} for r in rows])
+    assert "acc_at_0.5_attribute" not in plain

@@ -211,12 +211,12 @@ def test_relevance_mode_restores_model_state(deco_model) -> None:
     deco_model.eval()
 
 
-def test_word_grouping_joins_bare_space_token(shapes_tokenizer) -> None:
-    """A bare leading-space token joins the next word, so a box answer groups as '[', numbers and commas."""
+def test_word_grouping_of_a_box_answer(shapes_tokenizer) -> None:
+    """A box answer groups as '[', numbers and commas, one token each (the space is part of '▁[')."""
     enc = shapes_tokenizer(" [0.12, 0.40]", add_special_tokens=False)
     index, words = group_words(shapes_tokenizer, enc["input_ids"], enc.word_ids())
     assert words == ["[", "0.12", ",", "0.40", "]"]
-    assert index[0] == index[1] == 0
+    assert list(index) == [0, 1, 2, 3, 4]
 
 
 def test_build_inputs_rejects_bad_prompts(deco_model, image) -> None:

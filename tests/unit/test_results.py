@@ -25,7 +25,8 @@ def project(tmp_path: Path) -> Path:
     """A project root whose run folders hold the published results, and a README with stale blocks."""
     for block in BLOCKS.values():
         (tmp_path / block.run_dir).mkdir(parents=True)
-        for fname in (block.json_name, *block.figures):
+        shutil.copyfile(PUBLISHED / block.docs_name, tmp_path / block.run_dir / block.json_name)
+        for fname in block.figures:
             shutil.copyfile(PUBLISHED / fname, tmp_path / block.run_dir / fname)
     (tmp_path / "README.md").write_text(_readme({name: "stale numbers" for name in BLOCKS}))
     return tmp_path
@@ -41,7 +42,7 @@ def test_readme_blocks_match_the_published_results() -> None:
 def test_publish_copies_results_and_rewrites_only_the_blocks(project: Path) -> None:
     readme = project / "README.md"
     files = publish(list(BLOCKS), readme, root=project)
-    assert sorted(f.name for f in files) == sorted(f for b in BLOCKS.values() for f in (b.json_name, *b.figures))
+    assert sorted(f.name for f in files) == sorted(f for b in BLOCKS.values() for f in (b.docs_name, *b.figures))
     assert check(readme, root=project) == []
     text = readme.read_text()
     assert "stale numbers" not in text

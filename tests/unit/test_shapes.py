@@ -280,3 +280,15 @@ def test_corpus_text_and_popularity() -> None:
     assert popular_combos(ShapesConfig())[0] == ("red", "circle")
     colours = Counter(o["colour"] for s in _samples("caption") for o in s["json"]["meta"]["objects"])
     assert colours["red"] > colours["orange"]
+
+
+def test_shapes_boxes_are_written_without_spaces_and_public_data_keeps_llava_text() -> None:
+    """ShapesWorld box answers use BOX_SEP (one token per value); the default keeps LLaVA's ', ' and both parse."""
+    from deco_core.data.shapes_text import BOX_SEP
+    from deco_core.eval.metrics_rec import parse_box
+
+    compact = box_text([0.125, 0.2, 0.374, 1.0], 5, BOX_SEP)
+    assert compact == "[0.15,0.20,0.35,1.00]"
+    assert parse_box(compact) == parse_box(box_text([0.125, 0.2, 0.374, 1.0], 5)) == [0.15, 0.2, 0.35, 1.0]
+    for sample in eval_rec_samples(5, 0, "val", ShapesConfig(coord_step=0.05)):
+        assert " " not in sample["json"]["answers"][0]

@@ -88,3 +88,42 @@ def test_train_word_tokenizer_learns_words_next_to_special_tokens():
         ids = tok.encode(text, add_special_tokens=False)
         assert tok.unk_token_id not in ids, tok.convert_ids_to_tokens(ids)
         assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("step", [0.05, 0.1, 0.01])
+def test_every_grid_coordinate_is_one_and_the_same_token_in_every_box_position(shapes_tokenizer, step):
+    """A ShapesWorld box answer spends exactly one token per coordinate, the same id whether the value is x1, y1,
+    x2 or y2, and no stray space token before the bracket."""
+    from deco_core.data.conversation import vicuna_v1_segments
+    from deco_core.data.shapes_text import BOX_SEP, box_text
+
+    hundredths = round(step * 100)
+    grid = [k / 100 for k in range(0, 101, hundredths)]
+    ids_of: dict[float, set[int]] = {v: set() for v in grid}
+    for i, v in enumerate(grid):
+        box = [v, grid[(i + 3) % len(grid)], grid[(i + 5) % len(grid)], grid[(i + 7) % len(grid)]]
+        answer = vicuna_v1_segments([{"from": "human", "value": "q"},
+                                     {"from": "gpt", "value": box_text(box, hundredths, BOX_SEP)}])[-1].text
+        tokens = shapes_tokenizer.convert_ids_to_tokens(shapes_tokenizer.encode(answer, add_special_tokens=False))
+        assert tokens[0] == "\u2581[" and "\u2581" not in tokens and len(tokens) == 4 + 5 + 1  # 4 values, [,,,] </s>
+        for position, value in enumerate(box):
+            ids_of[value].add(shapes_tokenizer.convert_tokens_to_ids(tokens[1 + 2 * position]))
+    assert all(len(ids) == 1 for ids in ids_of.values())
+    assert len({next(iter(ids)) for ids in ids_of.values()}) == len(grid)  # distinct values, distinct tokens
+
+
+def test_tokenizer_view_encodes_like_the_transformers_tokenizer_and_pickles_small(shapes_tokenizer):
+    """The preprocessing actors' tokenizer view gives the same ids (special tokens included) as the transformers
+    tokenizer it came from, and survives pickling without carrying a transformers object."""
+    import pickle
+
+    from deco_core.data.conversation import prompt_text
+    from deco_core.model.tokenizer_view import TokenizerView, tokenizer_view
+
+    view = pickle.loads(pickle.dumps(tokenizer_view(shapes_tokenizer)))
+    assert isinstance(view, TokenizerView)
+    for text in (_vicuna_text(), prompt_text("<image>\nWhere is the red circle?", "vicuna_v1_nosys"),
+                 " [0.15,0.40,0.35,0.60]</s>", "<image>a small red square on the right.\n"):
+        assert view(text)["input_ids"] == shapes_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert (view.bos_token_id, view.pad_token_id) == (shapes_tokenizer.bos_token_id, shapes_tokenizer.pad_token_id)
+    assert view.convert_tokens_to_ids("<image>") == shapes_tokenizer.convert_tokens_to_ids("<image>")

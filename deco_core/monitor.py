@@ -1,0 +1,52 @@
+"""One small named Ray actor per training stage, the stage monitor: preprocessing actors add their per-reason
+bad-sample counts to it, rank 0 posts its live progress there, and the driver reads both. One actor (not one per
+purpose) because every actor is a process of its own, and process starts are most of a stage's fixed cost on a
+small machine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+MONITOR_PREFIX = "deco-stage-"
+
+
+def _monitor_cls():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StageMonitor:
+        """Bad-sample counts (``add``/``snapshot``) and the latest progress state (``post``/``read``)."""
+
+        def __init__(self) -> None:
+            self.counts: Counter = Counter()
+            self.state: dict[str, Any] = {}
+
+        def add(self, counts: dict[str, int]) -> None:
+            self.counts.update(counts)
+
+        def snapshot(self) -> dict[str, int]:
+            return dict(self.counts)
+
+        def post(self, state: dict[str, Any]) -> None:
+            self.state = state
+
+        def read(self) -> dict[str, Any]:
+            return self.state
+
+    return StageMonitor
+
+
+def get_monitor(name: str):
+    """The stage's monitor (created on first use); whoever holds the handle keeps it alive."""
+    return _monitor_cls().options(name=MONITOR_PREFIX + name, get_if_exists=True).remote()
+
+
+def find_monitor(name: str):
+    """The stage's monitor from inside a worker, or None when nobody created it."""
+    import ray
+
+    try:
+        return ray.get_actor(MONITOR_PREFIX + name)
+    except ValueError:
+        return None
