@@ -135,6 +135,11 @@ class Preprocessor:
         return stack_rows(good)
 
 
+def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, counter_name: str | None) -> dict:
+    """The ``Preprocessor`` step as a plain function, for Ray Data tasks (see ``build_dataset``)."""
+    return Preprocessor(spec, counter_name)(batch)
+
+
 def _empty_batch(spec: PreprocessSpec) -> dict[str, np.ndarray]:
     s, L = spec.transform.size, spec.max_length
     return {"input_ids": np.zeros((0, L), np.int64), "labels": np.zeros((0, L), np.int64),
@@ -194,12 +199,24 @@ def mix_sources(sources: list[tuple[str, float]], storage: StorageConfig, counts
 
 def build_dataset(sources: list[tuple[str, float]], spec: PreprocessSpec, storage: StorageConfig,
                   counter_name: str | None, batch_size: int = 64, num_cpus: float = 0.25,
-                  samples: int | None = None, shuffle: bool = True, concurrency: tuple[int, int] = (1, 2)):
-    """Sources -> preprocessed Ray Dataset ready for ``iter_torch_batches(collate_fn=collate)``."""
+                  samples: int | None = None, shuffle: bool = True, concurrency: tuple[int, int] = (1, 2),
+                  tasks: bool = False):
+    """Sources -> preprocessed Ray Dataset ready for ``iter_torch_batches(collate_fn=collate)``.
+
+    Streaming beside training uses a small pool of ``Preprocessor`` actors (``concurrency``). ``tasks=True`` runs
+    the same step as Ray tasks instead — for a one-off pass with nothing else running (preprocessing ahead of the
+    steps): tasks start on Ray's already-running idle worker processes, where a new actor pool would first have
+    to start processes of its own.
+    """
     counts: Counter = Counter()
     raw, total = mix_sources(sources, storage, counts, num_cpus, samples, shuffle)
     if counter_name and counts:
         get_quality_counter(counter_name).add.remote(dict(counts))
+    if tasks:
+        # a whole CPU per task: as many tasks as (logical) CPUs, not the dozen process starts of 0.25-CPU tasks
+        ds = raw.map_batches(preprocess_batch, fn_kwargs={"spec": spec, "counter_name": counter_name},
+                             batch_size=batch_size, num_cpus=max(num_cpus, 1.0))
+        return ds, total
     from ray.data import ActorPoolStrategy
 
     ds = raw.map_batches(Preprocessor, fn_constructor_kwargs={"spec": spec, "counter_name": counter_name},

@@ -66,10 +66,11 @@ def show_progress(board, stage: str, total: int, interval_s: float = 0.5) -> Ite
                 bar.update(task, completed=s["step"], loss=f"{s['loss']:.4f}", sps=f"{s['samples_per_s']:.0f}")
 
     def run_lines() -> None:
-        next_mark = 0.1
+        next_mark, printed = 0.1, 0
         for s in poll():
-            if s["step"] >= next_mark * total or s["step"] == total:
+            if s["step"] > printed and (s["step"] >= next_mark * total or s["step"] == total):
                 log.info("%s", _format(stage, s))
+                printed = s["step"]
                 while next_mark * total <= s["step"]:
                     next_mark += 0.1
 

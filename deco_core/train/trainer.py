@@ -117,7 +117,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     counter = get_quality_counter(run_name)  # the driver holds the handle: the actor lives as long as the stage
     storage = cfg.data.storage
     train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
-                                      cfg.data.preprocess_cpus, t.samples_per_epoch)
+                                      cfg.data.preprocess_cpus, t.samples_per_epoch, tasks=cfg.data.preprocess_ahead)
     if cfg.data.preprocess_ahead:
         train_ds = train_ds.materialize()  # every sample preprocessed once; the epochs re-read these blocks
         clock.mark("preprocessed")
