@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 
-from deco_core.config import ModelConfig, from_dict, to_dict
+from deco_core.config import ConfigError, ModelConfig, to_dict
 from deco_core.model.llm import build_llm, llm_from_hf_config
 from deco_core.model.projectors import ProjectorConfig, build_projector
 from deco_core.model.tokenizer import ensure_special_tokens, image_token_id, load_tokenizer
@@ -226,8 +228,13 @@ def _strip(hf_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Typed ModelConfig from its dict (reusing the full schema's validation of that section)."""
-    return from_dict({"model": data}).model
+    """Typed ModelConfig from its saved dict. Only the model section is read: loading an exported model needs no
+    training settings and no conf/ files (the projector is checked against the patch grid when it is built)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{CONFIG_FILE}: key 'deco_config.{getattr(exc, 'full_key', '?')}': "
+                          f"{str(exc).splitlines()[0]}") from None
 
 
 __all__ = ["DecoModel", "ProjectorConfig", "STAGE_TRAINABLE"]
