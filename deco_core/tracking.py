@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from deco_core.config import TrackingConfig, flatten, redact_secrets, to_dict
+from deco_core.config import ConfigError, TrackingConfig, flatten, redact_secrets, to_dict
+from deco_core.data.storage import is_remote, join_uri
 
 log = logging.getLogger(__name__)
 RUN_NAME_TAG = "deco.run_name"
@@ -39,11 +40,19 @@ HEADLINE_OUTPUTS = {
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, root: str | os.PathLike) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else a sqlite store under the run root."""
+    """Config value, else $MLFLOW_TRACKING_URI, else a sqlite store under a local run root.
+
+    A remote root (s3://...) has no place for a sqlite file: it needs a tracking server, and saying so at start
+    beats a store written to a local folder literally named ``s3:``.
+    """
     if cfg.tracking_uri:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if is_remote(str(root)):
+        raise ConfigError(f"config key 'pipeline.root' = {str(root)!r} is remote, so the MLflow store cannot live "
+                          "under it: set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to an MLflow server, e.g. "
+                          "tracking.tracking_uri=http://127.0.0.1:5000")
     root_path = Path(root).resolve()
     root_path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root_path / 'mlruns.db'}"
@@ -58,8 +67,9 @@ def ensure_experiment(client, name: str, root: str | os.PathLike) -> str:
         return exp.experiment_id
     uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
     location = None
-    if str(uri).startswith(("sqlite:", "file:")) or "://" not in str(uri):
-        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    if str(uri).startswith(("sqlite:", "file:")) or "://" not in str(uri):  # a local store: artifacts by the root
+        location = join_uri(str(root), "mlartifacts") if is_remote(str(root)) else \
+            (Path(root).resolve() / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location,
                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 

@@ -179,8 +179,9 @@ class DecoModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> DecoModel:
-        """Load a directory written by ``save_pretrained`` (no Ray, no DeepSpeed, no network)."""
-        root = Path(path)
+        """Load a directory written by ``save_pretrained`` (no Ray, no DeepSpeed, no network), or the MLflow pyfunc
+        directory of a registered version (the export sits under its ``artifacts/export``)."""
+        root = _export_root(Path(path))
         if not (root / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{root}: not an exported DeCo model (missing {CONFIG_FILE})")
         meta = json.loads((root / CONFIG_FILE).read_text())
@@ -198,6 +199,14 @@ class DecoModel(nn.Module):
             raise ValueError(f"{root / WEIGHTS_FILE}: weights do not match the model: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def _export_root(root: Path) -> Path:
+    """``root`` itself, or the export inside an MLflow pyfunc model directory (see deco_core.serving)."""
+    nested = root / "artifacts" / "export"
+    if not (root / CONFIG_FILE).is_file() and (root / "MLmodel").is_file() and (nested / CONFIG_FILE).is_file():
+        return nested
+    return root
 
 
 def _shared_keys(sd: dict[str, torch.Tensor]) -> set[str]:
