@@ -123,7 +123,7 @@ def locality_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     s = result["scores"]
-    console.print(f"mass in box {s['mass_in_box']:.3f} (uniform {s['uniform_baseline']:.3f}, lift "
+    console.print(f"mass in box {s['mass_in_box']:.3f} (uniform {s['uniform_baseline']:.3f}, mass_lift "
                   f"{s['mass_lift']:.2f}); pointing hit rate {s['pointing_hit_rate']:.3f} over {s['num_samples']}")
     for path in result["files"]:
         console.print(f"wrote {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import math
 import re
 from pathlib import Path
@@ -40,7 +41,17 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
 from deco_core.data.conversation import TEMPLATES
 from deco_core.data.storage import redact
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _locate_conf_dir() -> Path:
+    """The built-in config groups: ``deco_core/conf`` in an installed package (shipped as package data from the
+    repository's top-level ``conf/``), else ``conf/`` beside the package in a source checkout."""
+    packaged = Path(str(importlib.resources.files("deco_core"))) / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+CONF_DIR = _locate_conf_dir()
 # Substrings of a secret key or env-var name; "token" must be a whole word (num_tokens, TOKENIZERS_* are not).
 SECRET_MARKERS = ("secret", "password", "access_key", "credential")
 SECRET_WORDS = ("token",)
@@ -71,6 +82,33 @@ def _group_file(conf_dir: Path, ref: str) -> Path:
     return conf_dir / (ref if ref.endswith(".yaml") else f"{ref}.yaml")
 
 
+def _resolve_top(config: str | Path, conf_dir: Path) -> Path:
+    """A config file as given (relative to the working directory), else a ref into ``conf_dir``: ``pipeline/tiny``,
+    ``pipeline/tiny.yaml`` or ``conf/pipeline/tiny.yaml`` (the repository spelling, valid from any directory)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    ref = str(config)
+    if ref.startswith("conf/"):
+        ref = ref[len("conf/"):]
+    candidate = _group_file(conf_dir, ref)
+    if not path.is_absolute() and candidate.is_file():
+        return candidate
+    valid = ", ".join(sorted(p.stem for p in candidate.parent.glob("*.yaml"))) or "none"
+    raise ConfigError(f"config file not found: {config} (nor {candidate}; valid there: {valid})")
+
+
+def _find_group(roots: list[Path], key: str, ref: str) -> Path:
+    """The first ``<root>/<ref>.yaml`` that exists; the error names every place looked and the valid names."""
+    candidates = list(dict.fromkeys(_group_file(root, ref) for root in roots))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    valid = ", ".join(sorted({p.stem for c in candidates for p in c.parent.glob("*.yaml")})) or "none"
+    looked = " or ".join(str(c) for c in candidates)
+    raise ConfigError(f"config key '{key}' = {ref!r}: no file {looked}; valid: {valid}")
+
+
 def _set_dotted(node: DictConfig, key: str, value: Any) -> None:
     OmegaConf.update(node, key, value, merge=False, force_add=True)
 
@@ -87,9 +125,8 @@ def compose(
         overrides: ``key.path=value`` items; for a key listed in ``defaults`` the value picks another file of
             the same group (``model.projector=qformer``).
     """
-    path = Path(config)
-    if not path.is_file():
-        path = _group_file(conf_dir, str(config))
+    path = _resolve_top(config, conf_dir)
+    roots = list(dict.fromkeys([path.resolve().parent.parent, conf_dir]))  # the file's own conf tree first
     top = _load_yaml(path)
     defaults = top.pop("defaults", None) or {}
     defaults = dict(OmegaConf.to_container(defaults)) if isinstance(defaults, DictConfig) else {}
@@ -107,10 +144,7 @@ def compose(
     schema = OmegaConf.structured(Config)
     layers: list[DictConfig] = []
     for key, ref in sorted(defaults.items(), key=lambda kv: kv[0].count(".")):
-        group_file = _group_file(conf_dir, str(ref))
-        if not group_file.is_file():
-            valid = ", ".join(sorted(p.stem for p in group_file.parent.glob("*.yaml"))) or "none"
-            raise ConfigError(f"config key '{key}' = {str(ref)!r}: no file {group_file}; valid: {valid}")
+        group_file = _find_group(roots, key, str(ref))
         node = OmegaConf.create({})
         _set_dotted(node, key, _load_yaml(group_file))
         layers.append(node)

@@ -29,7 +29,7 @@ def results_table(reports) -> Table:
     for r in reports:
         keys = [f"{k}={v}" for k, v in r.outputs.items()
                 if k in ("model", "steps", "final_loss", "val_loss", "report", "version", "out_dir")
-                or k.startswith(("eval/group", "locality", "lift", "pointing"))]
+                or k.startswith(("eval/group", "locality", "mass_lift", "pointing"))]
         table.add_row(r.name, r.status, f"{r.seconds:.0f}" if r.seconds else "-", "\n".join(keys))
     return table
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from deco_core.config import Config, to_dict
 from deco_core.data.storage import get_filesystem, join_uri
-from deco_core.tracking import get_or_create_run, resolve_tracking_uri
+from deco_core.tracking import get_or_create_run, log_headline_metrics, log_key_settings, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 PACKAGE_DIRS = ("deco_core", "pipelines")
@@ -185,6 +185,7 @@ class Workflow:
         parent = get_or_create_run(self.tracking_uri, self.cfg.tracking.experiment,
                                    f"{self.cfg.pipeline.name}-workflow-{int(time.time())}", self.cfg.pipeline.root,
                                    tags={"deco.kind": "workflow", "deco.code_version": code_version()})
+        log_key_settings(self._client(), parent, self.cfg)
         reports: list[StageReport] = []
         try:
             for name in selected:
@@ -209,6 +210,7 @@ class Workflow:
     def _tag_parent(self, parent: str, report: StageReport) -> None:
         client = self._client()
         client.set_tag(parent, f"stage.{report.name}.status", report.status)
+        log_headline_metrics(client, parent, report.name, report.outputs)
         for key, value in report.outputs.items():
             if isinstance(value, str | int | float):
                 client.set_tag(parent, f"stage.{report.name}.{key}", str(value)[:5000])

@@ -3,6 +3,10 @@
 A fixed probe set asks one question about one object (its colour or shape; optionally its box); the answer's
 T2P map is scored against that object's box: relevance mass inside the box, the uniform baseline (fraction
 of patches inside), their ratio (lift), a pointing-game hit (argmax patch inside), and the §8 concentration.
+
+One definition of the aggregate lift, under one name everywhere (CLI, figures, MLflow, reports): ``mass_lift`` =
+mean mass in box / mean uniform baseline (a ratio of means). Per-sample rows carry that sample's own ``lift``; their
+plain mean is not reported, since it weights small boxes far more and would read as a second, larger "lift".
 """
 
 from __future__ import annotations
@@ -118,8 +122,9 @@ def locality_scores(model, samples: Sequence[LocalitySample], teacher_force: boo
     """Aggregate box locality of the answer's T2P (mean over all answer tokens) over `samples`.
 
     teacher_force: explain the canonical answer (True) or the model's own greedy answer (False).
-    Returns means of share, baseline, lift and hit (`pointing_hit_rate`; chance = `uniform_baseline`), the
-    ratio of means `mass_lift`, concentration, counts and per-sample rows (all JSON-ready); with
+    Returns means of share and baseline (`mass_in_box`, `uniform_baseline`) and hit (`pointing_hit_rate`; chance =
+    `uniform_baseline`), their ratio `mass_lift` (the one lift), concentration, counts and per-sample rows (all
+    JSON-ready); with
     `keep_results` > 0 also the first (sample, RelevanceResult) pairs under "results", for plotting.
     """
     from deco_core.analysis.relevance_model import analyze_relevance
@@ -148,7 +153,7 @@ def locality_scores(model, samples: Sequence[LocalitySample], teacher_force: boo
 
     out: dict[str, Any] = {
         "num_samples": len(rows), "skipped": skipped, "teacher_forced": teacher_force,
-        "mass_in_box": mean("share"), "uniform_baseline": mean("baseline"), "lift": mean("lift"),
+        "mass_in_box": mean("share"), "uniform_baseline": mean("baseline"),
         "mass_lift": mean("share") / mean("baseline"), "pointing_hit_rate": mean("hit"),
         "concentration": mean("concentration"), "top_mass": mean("top_mass"), "per_sample": rows,
     }  # fmt: skip

@@ -130,7 +130,7 @@ def plot_locality(examples: Sequence[tuple[Any, RelevanceResult]], scores: dict[
         detail = f"\nin box {row['share']:.2f} / {row['baseline']:.2f}" if row else ""
         ax.set_title(f"{sample.kind}: {result.answer!r}{detail}", fontsize=8)
     fig.suptitle(f"T2P mass in box {scores['mass_in_box']:.3f} vs uniform {scores['uniform_baseline']:.3f} "
-                 f"(lift {scores['mass_lift']:.2f}); pointing {scores['pointing_hit_rate']:.2f}", fontsize=9)
+                 f"(mass_lift {scores['mass_lift']:.2f}); pointing {scores['pointing_hit_rate']:.2f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     log.info("wrote locality figure %s", path)

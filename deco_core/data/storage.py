@@ -192,6 +192,27 @@ def _connection_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def upload_dir(local: str | os.PathLike, uri: str, cfg: StorageConfig | None = None) -> str:
+    """Copy the contents of local folder ``local`` to ``uri`` (a local path or a remote prefix); returns ``uri``."""
+    fs, path = get_filesystem(uri, cfg)
+    src = os.fspath(local).rstrip("/") + "/"  # trailing '/': the folder's contents, not the folder itself
+    with_retries(lambda: fs.makedirs(path, exist_ok=True), f"create {uri}", cfg, uri=uri)
+    with_retries(lambda: fs.put(src, path, recursive=True), f"upload to {uri}", cfg, uri=uri)
+    return uri
+
+
+def download_dir(uri: str, local: str | os.PathLike, cfg: StorageConfig | None = None) -> str:
+    """Copy everything under remote prefix ``uri`` into local folder ``local``; returns ``local`` as a string.
+    Raises FileNotFoundError naming ``uri`` when nothing is there."""
+    fs, path = get_filesystem(uri, cfg)
+    if not with_retries(lambda: fs.find(path), f"list {uri}", cfg, uri=uri):
+        raise FileNotFoundError(f"{uri}: no files under this prefix")
+    os.makedirs(local, exist_ok=True)
+    with_retries(lambda: fs.get(path.rstrip("/") + "/", os.fspath(local), recursive=True), f"download {uri}", cfg,
+                 uri=uri)
+    return os.fspath(local)
+
+
 def endpoint_name(uri: str, cfg: StorageConfig | None = None) -> str:
     """Human-readable name of where `uri` lives, for error messages."""
     cfg = cfg or StorageConfig()

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 
-from deco_core.config import ModelConfig, from_dict, to_dict
+from deco_core.config import ConfigError, ModelConfig, to_dict
 from deco_core.model.llm import build_llm, llm_from_hf_config
 from deco_core.model.projectors import ProjectorConfig, build_projector
 from deco_core.model.tokenizer import ensure_special_tokens, image_token_id, load_tokenizer
@@ -177,8 +179,9 @@ class DecoModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> DecoModel:
-        """Load a directory written by ``save_pretrained`` (no Ray, no DeepSpeed, no network)."""
-        root = Path(path)
+        """Load a directory written by ``save_pretrained`` (no Ray, no DeepSpeed, no network), or the MLflow pyfunc
+        directory of a registered version (the export sits under its ``artifacts/export``)."""
+        root = _export_root(Path(path))
         if not (root / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{root}: not an exported DeCo model (missing {CONFIG_FILE})")
         meta = json.loads((root / CONFIG_FILE).read_text())
@@ -196,6 +199,14 @@ class DecoModel(nn.Module):
             raise ValueError(f"{root / WEIGHTS_FILE}: weights do not match the model: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def _export_root(root: Path) -> Path:
+    """``root`` itself, or the export inside an MLflow pyfunc model directory (see deco_core.serving)."""
+    nested = root / "artifacts" / "export"
+    if not (root / CONFIG_FILE).is_file() and (root / "MLmodel").is_file() and (nested / CONFIG_FILE).is_file():
+        return nested
+    return root
 
 
 def _shared_keys(sd: dict[str, torch.Tensor]) -> set[str]:
@@ -226,8 +237,13 @@ def _strip(hf_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Typed ModelConfig from its dict (reusing the full schema's validation of that section)."""
-    return from_dict({"model": data}).model
+    """Typed ModelConfig from its saved dict. Only the model section is read: loading an exported model needs no
+    training settings and no conf/ files (the projector is checked against the patch grid when it is built)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{CONFIG_FILE}: key 'deco_config.{getattr(exc, 'full_key', '?')}': "
+                          f"{str(exc).splitlines()[0]}") from None
 
 
 __all__ = ["DecoModel", "ProjectorConfig", "STAGE_TRAINABLE"]

@@ -79,9 +79,13 @@ start_ray() {
     if [[ -n "${DECO_RAY_OBJECT_STORE_BYTES:-}" ]]; then
         args+=(--object-store-memory "$DECO_RAY_OBJECT_STORE_BYTES")
     fi
+    # Job entrypoints (`python -m ...`, `deco ...`) are resolved on the head's PATH: put the venv that holds
+    # the project first, so jobs run its Python and not whatever `python` the calling shell had.
+    local path="$PATH"
+    [[ -d "$VENV_DIR/bin" ]] && path="$VENV_DIR/bin:$PATH"
     (
         cd "$SERVICES_DIR"
-        launch ray env RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
+        launch ray env PATH="$path" RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
             RAY_USAGE_STATS_ENABLED=0 "$exe" "${args[@]}"
     )
 }

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -175,6 +176,8 @@ def test_local_service_scripts_start_report_and_stop(services_env: dict[str, str
             addresses = _listen_addresses(int(env[key]))
             assert addresses and addresses <= LOOPBACK, (key, addresses)
 
+    _assert_jobs_run_the_venv_python(dashboard, Path(env["VENV"]))
+
     again = _run("up.sh", env)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("already running") == len(SERVICES)
@@ -191,6 +194,21 @@ def test_local_service_scripts_start_report_and_stop(services_env: dict[str, str
     assert down.returncode == 0, down.stderr
     assert not any(map(_alive, pids.values()))
     assert _run("status.sh", env).returncode == 3
+
+
+def _assert_jobs_run_the_venv_python(dashboard: str, venv: Path) -> None:
+    """A Ray job on the local head resolves `python` to the project venv (which has the project's deps)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    job = client.submit_job(entrypoint='python -c "import sys, omegaconf; print(\'exe=\' + sys.prefix)"')
+    deadline = time.monotonic() + 120
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job {job} did not finish"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
+    assert f"exe={venv}" in logs or f"exe={venv.resolve()}" in logs, logs
 
 
 def test_scripts_reject_unknown_service_names(tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def command_problems(argv: list[str]) -> tuple[list[str], list[str]]:
             (pending if module in PLANNED_MODULES else errors).append(f"module {module}")
     if "--config" in argv:
         config = argv[argv.index("--config") + 1]
-        if not (ROOT / config).is_file():
+        if not ((ROOT / config).is_file() or (ROOT / "conf" / f"{config}.yaml").is_file()):  # a path or a ref
             (pending if config in PLANNED_CONFIGS else errors).append(f"config {config}")
     return errors, pending
 
@@ -265,6 +265,7 @@ def test_command_check_rejects_unknown_names() -> None:
     assert command_problems(["deco", "pipeline", "launch"])[0]
     assert command_problems(["python", "-m", "pipelines.nope"])[0]
     assert command_problems(["deco", "retrain", "--config", "conf/pipeline/nope.yaml"])[0]
+    assert command_problems(["deco", "retrain", "--config", "pipeline/nope"])[0]
     assert command_problems(["curl", "http://x"])[0]
     assert expand(["bash", "-c", "cd /x && deco eval --model m"]) == [
         ["cd", "/x"],

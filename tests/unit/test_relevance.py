@@ -253,3 +253,19 @@ def test_locality_samples_are_fixed_and_name_their_object() -> None:
     for s in a:
         x1, y1, x2, y2 = s.bbox
         assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1 and s.prompt.startswith("<image>\n")
+
+
+def test_locality_reports_one_lift_under_one_name(deco_model) -> None:
+    """The aggregate lift is mass_lift = mean mass in box / mean baseline, and no second 'lift' mean is reported
+    (the CLI summary, the figure title and MLflow all read mass_lift)."""
+    from deco_core.analysis.locality import locality_scores
+    from pipelines.cli import results_table
+    from pipelines.workflow import StageReport
+
+    scores = locality_scores(deco_model, locality_samples(4, seed=0))
+    assert "lift" not in scores
+    assert scores["mass_lift"] == pytest.approx(scores["mass_in_box"] / scores["uniform_baseline"])
+    outputs = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+    table = results_table([StageReport("analyze", "completed", outputs, 1.0, None)])
+    cells = "\n".join(str(c) for col in table.columns for c in col._cells)
+    assert f"mass_lift={outputs['mass_lift']}" in cells and "\nlift=" not in f"\n{cells}"
