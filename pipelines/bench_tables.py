@@ -82,8 +82,8 @@ def _section_d_e(t: dict[str, Any], mfu: dict[str, Any]) -> list[str]:
                 for k, v in mfu.items() if k != "peak"]
     return [
         "## (d) Trainer data wait",
-        f"A {t['steps']}-step finetune-policy stage on Ray Train + DeepSpeed ({t['layout']['workers']} worker(s), "
-        "logging every step), read "
+        f"A {t['steps']}-step finetune-policy stage on Ray Train + DeepSpeed "
+        f"({t.get('layout', {}).get('workers', 2)} worker(s), logging every step), read "
         f"back from MLflow (`train/data_wait_frac`).",
         "",
         markdown_table(["figure", "value"], [
@@ -167,5 +167,5 @@ def bench_markdown(res: dict[str, Any]) -> str:
     ]
     body = (_section_a(res["hf_parity"]) + _section_b(res["compression"]) + _section_c(res["data_pipeline"])
             + _section_d_e(res["trainer"], res["mfu"]) + _section_f_g(res["cold_start"], res["memory"])
-            + _section_h_i(res["trainer_floor"], res["stage_overhead"]))
+            + (_section_h_i(res["trainer_floor"], res["stage_overhead"]) if "trainer_floor" in res else []))
     return "\n".join(head + body) + "\n"
