@@ -93,6 +93,18 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
+def registry_client(tracking_uri: str):
+    """An ``MlflowClient`` whose model registry is the tracking server's own.
+
+    MLflow otherwise takes the registry from a process-wide setting (``mlflow.set_registry_uri`` or
+    ``MLFLOW_REGISTRY_URI``) when one was set earlier in the process, and a version would be registered in a store
+    the run does not live in (and that ``models:/`` URIs served from the tracking server cannot see).
+    """
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
 def get_or_create_run(tracking_uri: str, experiment: str, run_name: str, root: str | os.PathLike,
                       parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
     """The id of the unfinished run named ``run_name`` in the experiment, or of a new one.

@@ -74,10 +74,10 @@ def promote_if_better(tracking_uri: str, name: str, challenger_version: str, cha
                       root: str = "runs/retrain") -> str:
     """Decide, tag the challenger version, move ``champion`` on promotion/bootstrap, and record the decision on
     the MLflow run ``run_id`` (else a new run "retrain-decision" in ``experiment``); returns the decision."""
-    from mlflow import MlflowClient
+    from deco_core.tracking import registry_client
 
     decision = decide(challenger_score, champion_score, rc.margin, rc.higher_is_better)
-    client = MlflowClient(tracking_uri)
+    client = registry_client(tracking_uri)
     version = str(challenger_version)
     previous = client.get_registered_model(name).aliases.get("champion")
     tags = {"deco.decision": decision, "deco.metric": rc.metric, "deco.challenger_score": f"{challenger_score:.6g}",
@@ -201,8 +201,7 @@ def retrain(cfg: Config) -> RetrainDecision:
     Local folders go under ``<pipeline.root>/<timestamp>-r<round>`` (the champion's export in ``champion/model``);
     with an s3:// root they are staged in a temporary folder that is removed afterwards.
     """
-    from mlflow import MlflowClient
-
+    from deco_core.tracking import registry_client
     from pipelines.stages.evaluate import eval_data
     from pipelines.stages.register import register_model
 
@@ -210,7 +209,7 @@ def retrain(cfg: Config) -> RetrainDecision:
     check_retrain_config(rc)
     base = cfg.pipeline.root if is_remote(cfg.pipeline.root) else str(Path(cfg.pipeline.root).resolve())
     tracking_uri = resolve_tracking_uri(cfg.tracking, base)
-    client = MlflowClient(tracking_uri)
+    client = registry_client(tracking_uri)
     round_no = 1 + len(client.search_model_versions(f"name='{name}'"))
     root = join_uri(base, f"{time.strftime('%Y%m%d-%H%M%S')}-r{round_no}")
     eval_uris = eval_data(replace(cfg, pipeline=replace(cfg.pipeline, root=base)))  # the same shards every round

@@ -47,10 +47,11 @@ def _write_pyfunc(export: str, out: Path) -> Path:
 
 def _register_dir(tracking_uri: str, run_id: str, pyfunc_dir: str, name: str, tags: dict[str, Any],
                   aliases: tuple[str, ...]) -> str:
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri)
+    from deco_core.tracking import registry_client
+
+    client = registry_client(tracking_uri)
     client.log_artifacts(run_id, pyfunc_dir, MODEL_ARTIFACT)
     try:
         client.get_registered_model(name)

@@ -135,7 +135,8 @@ def test_quick_bench_fills_every_field_with_finite_ratios(ray_local, tmp_path, m
     assert data["memory"]["workers"]["train_worker"]["processes"] >= 1
     assert data["trainer_floor"]["two_workers"]["layout"]["workers"] == 2
     over = data["stage_overhead"]
-    assert set(over["stages"]) == {"pretrain", "finetune"} and over["ray_start_s"] > 0
+    assert set(over["stages"]) == {"pretrain", "finetune"}
+    assert "ray_start_s" not in over, "Ray was already running (ray_local): its start is not the bench's to time"
     assert {"worker_group_start", "engine_init", "data_first_batch", "steps", "export"} <= set(over["phases"])
     md = (out / "bench.md").read_text()
     for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)"):

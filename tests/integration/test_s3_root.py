@@ -45,15 +45,24 @@ def _cfg(root: str, s3_server, *extra: str):
 
 @contextlib.contextmanager
 def mlflow_at(tracking_uri: str) -> Iterator[None]:
-    """MLflow's fluent API against ``tracking_uri`` (as registry too), leaving MLflow's globals as found."""
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    """MLflow's fluent API against ``tracking_uri`` (as registry too), leaving MLflow's globals and the
+    ``MLFLOW_*_URI`` variables it exports exactly as found (unset stays unset)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_globals = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _no_local_uri_folder(cwd: Path) -> None:

@@ -100,3 +100,18 @@ def test_workflow_parent_run_gets_settings_and_the_prepared_shard_sets(tmp_path)
     for run in (parent, client.get_run(report.run_id)):
         names = {d.dataset.name for d in run.inputs.dataset_inputs}
         assert {"pretrain", "finetune", "val_pretrain", "val_finetune"} <= names, run.info.run_name
+
+
+def test_a_version_is_registered_on_the_tracking_server_whatever_registry_the_process_set(
+        mlflow_server, tmp_path, tiny_cfg, shapes_tokenizer, monkeypatch):
+    """A process-wide registry setting (here another store, as ``mlflow.set_registry_uri`` leaves behind) must not
+    divert the version away from the server that holds the run and serves ``models:/`` URIs."""
+    from deco_core.model.deco import DecoModel
+    from pipelines.stages.register import register_model
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).save_pretrained(tmp_path / "export")
+    client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("deco-registry-target")).info.run_id
+    version = register_model(mlflow_server.uri, run_id, str(tmp_path / "export"), "deco-registry-target", {})
+    assert client.get_model_version_by_alias("deco-registry-target", "challenger").version == version
