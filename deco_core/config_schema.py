@@ -147,7 +147,7 @@ class EvalConfig:
     worst_cases: int = 8
     data: dict[str, str] = field(default_factory=dict)  # task -> shard URI (public benchmarks converted to shards)
     seed: int = 1234  # ShapesWorld eval set seed (a frozen eval set: same seed -> same questions)
-    blind_baseline: bool = True  # also answer every question with another question's image (doubles generation)
+    blind_baseline: bool = True  # also answer every question shown a blank image (doubles generation)
 
 
 @dataclass

@@ -66,7 +66,7 @@ def tiny_markdown(summary: dict[str, Any]) -> str:
                               if k.startswith("acc_at_0.5_") or k in ("accuracy", "f1", "mean_iou"))
             rows.append([task, t.primary, s[t.primary], "—" if base.get("blind") is None else base["blind"],
                          "—" if base.get("chance") is None else base["chance"], int(s["n"]), extra])
-        lines += ["Scores on the frozen eval set; blind = the same model answering with another question's image; "
+        lines += ["Scores on the frozen eval set; blind = the same model shown a blank image; "
                   "chance = uniform guessing over a closed answer set.", "",
                   markdown_table(["task", "primary", "score", "blind", "chance", "questions", "also"], rows), ""]
     return "\n".join(lines) + "\n"

@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 TASK_COLUMN = "__task__"
 OUTPUT_COLUMNS = ("question_id", "task", "key", "shard", "prompt", "prediction", "references", "score", "error",
                   "blind_prediction", "blind_score")
-# The blind baseline answers each question with the image of the question BLIND_SHIFT places later in the same
-# batch: more than one POPE block (6 questions share an image), so the image always belongs to another scene.
-BLIND_SHIFT = 7
+# The blind baseline answers each question shown a blank image: all zeros after normalisation, i.e. the image
+# processor's mean colour everywhere. It depends on nothing but the question, so blind scores do not change with
+# batch size, actor count or block order (pairing questions with other questions' images within a batch did).
 
 
 @dataclass
@@ -128,14 +128,14 @@ def answer_questions(model, task: Task, questions: list[Question], max_new_token
                      blind: bool = False) -> list[dict[str, Any]]:
     """Generate and score one batch of questions; failed records get an empty prediction and score 0.
 
-    With ``blind`` every question is also answered with another question's image (``BLIND_SHIFT``): the blind
-    baseline, i.e. what the model scores from the text alone (``blind_prediction`` / ``blind_score``).
+    With ``blind`` every question is also answered shown a blank image: the blind baseline, i.e. what the model
+    scores from the text alone (``blind_prediction`` / ``blind_score``).
     """
     good = [q for q in questions if not q.error]
     prompts, pixels = [q.prompt for q in good], [q.pixels for q in good]
     answers = generate_answers(model, prompts, pixels, max_new_tokens) if good else []
-    shifted = pixels[BLIND_SHIFT % len(pixels):] + pixels[:BLIND_SHIFT % len(pixels)] if good else []
-    blind_answers = generate_answers(model, prompts, shifted, max_new_tokens) if blind and len(good) > 1 else []
+    blank = [np.zeros_like(p) for p in pixels]  # [3, S, S] each
+    blind_answers = generate_answers(model, prompts, blank, max_new_tokens) if blind and good else []
     by_id = {id(q): a for q, a in zip(good, answers, strict=True)}
     blind_by_id = {id(q): a for q, a in zip(good, blind_answers, strict=False)}
     rows = []

@@ -45,8 +45,8 @@ Baselines = Mapping[str, Mapping[str, float | None]]  # task -> {"blind": score,
 
 def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mapping[str, str], path: Path,
                 baselines: Baselines | None = None) -> Path:
-    """Bar chart of each task's primary metric beside its blind baseline (same model, images shuffled across
-    questions) and a chance mark, written as PNG with the Agg canvas (no global backend state)."""
+    """Bar chart of each task's primary metric beside its blind baseline (same model, a blank image for every
+    question) and a chance mark, written as PNG with the Agg canvas (no global backend state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -64,7 +64,7 @@ def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mappi
     if width < 0.8:
         shown = [(i, b) for i, b in enumerate(blind) if b is not None]
         blind_bars = ax.bar([i + width / 2 for i, _ in shown], [b for _, b in shown], width, color="#BBBBBB",
-                            hatch="//", label="blind (images shuffled)")
+                            hatch="//", label="blind (blank image)")
         ax.bar_label(blind_bars, labels=[_fmt(b) for _, b in shown], fontsize=7)
     for i, n in enumerate(names):
         chance = baselines.get(n, {}).get("chance")
@@ -111,7 +111,7 @@ def _markdown(title: str, rows: list, group_scores: Mapping[str, float],
     lines += [f"- **{k}**: {v}" for k, v in header.items()] + [""]
     lines += ["## Groups", "", "| group | mean primary score |", "|---|---|"]
     lines += [f"| {g} | {_fmt(v)} |" for g, v in group_scores.items()]
-    lines += ["", "## Tasks", "", "Blind: the same model with images shuffled across questions. Chance: uniform "
+    lines += ["", "## Tasks", "", "Blind: the same model shown a blank image. Chance: uniform "
               "guessing over the closed answer set (— for open answers).", "",
               "| task | group | primary | score | blind | chance | all metrics |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
@@ -139,7 +139,7 @@ def _html(title: str, rows: list, group_scores: Mapping[str, float],
     parts += [f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in header.items()]
     parts.append("</ul><h2>Groups</h2><table><tr><th>group</th><th>mean primary score</th></tr>")
     parts += [f"<tr><td>{e(g)}</td><td>{_fmt(v)}</td></tr>" for g, v in group_scores.items()]
-    parts.append("</table><h2>Tasks</h2><p>Blind: the same model with images shuffled across questions. Chance: "
+    parts.append("</table><h2>Tasks</h2><p>Blind: the same model shown a blank image. Chance: "
                  "uniform guessing over the closed answer set (— for open answers).</p><table><tr><th>task</th>"
                  "<th>group</th><th>primary</th><th>score</th><th>blind</th><th>chance</th><th>all metrics</th></tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]

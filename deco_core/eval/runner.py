@@ -165,7 +165,7 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
 
 
 def blind_scores(task_name: str, rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The task's metrics over the blind answers (images shuffled across questions); None when not generated."""
+    """The task's metrics over the blind answers (every question shown a blank image); None when not generated."""
     blind = [{**r, "prediction": r["blind_prediction"]} for r in rows
              if r.get("blind_score") is not None and math.isfinite(float(r["blind_score"]))]
     return get_task(task_name).score(blind) if blind else None
@@ -186,7 +186,7 @@ def score_tasks(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, st
     """Generate answers for all tasks in one actor pool, then score: (task scores, worst cases, all rows).
 
     With ``cfg.blind_baseline`` each task's scores also hold ``blind/<metric>``: the same metrics when every
-    question is answered with another question's image."""
+    question is answered shown a blank image."""
     task_objs = [get_task(t) for t in tasks]
     gen_dir = work / "generations"
     run_generation_tasks(model_uri, {t.name: data_uris[t.name] for t in task_objs}, str(gen_dir), cfg, storage,

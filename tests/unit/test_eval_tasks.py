@@ -180,6 +180,37 @@ def test_left_padded_batches_match_one_by_one_generation(tiny_model) -> None:
     assert all(r["prediction"] for r in batched)
 
 
+def test_blind_images_depend_on_the_question_alone_not_on_its_batch(tiny_model, monkeypatch) -> None:
+    """The blind baseline shows each question the same image whatever batch it is in (and never its own), so
+    blind scores do not move with eval batch size, actor count or block order."""
+    import numpy as np
+
+    from deco_core.data.shapes import eval_pope_samples
+    from deco_core.data.transforms import ImageTransform
+    from deco_core.eval import generate
+
+    shown: list[tuple[str, bytes]] = []
+
+    def fake_generate(model, prompts, pixels, max_new_tokens):  # records what each prompt was shown
+        shown.extend((p, np.asarray(x).tobytes()) for p, x in zip(prompts, pixels, strict=True))
+        return ["no"] * len(prompts)
+
+    monkeypatch.setattr(generate, "generate_answers", fake_generate)
+    task = get_task("shapes-pope")
+    transform = ImageTransform.from_vision_config(tiny_model.cfg.vision)
+    questions = [generate.decode_question(r, task, transform) for r in eval_pope_samples(12, seed=3)]
+    generate.answer_questions(tiny_model, task, questions, 3, blind=True)
+    whole = shown[len(questions):]  # the blind half of the calls
+    shown.clear()
+    generate.answer_questions(tiny_model, task, questions[:5], 3, blind=True)
+    first = shown[5:]
+    shown.clear()
+    generate.answer_questions(tiny_model, task, questions[5:], 3, blind=True)
+    assert whole == first + shown[7:]
+    own = {q.prompt: q.pixels.tobytes() for q in questions}
+    assert all(image != own[prompt] for prompt, image in whole)
+
+
 def test_undecodable_record_becomes_a_counted_zero_row(tiny_model) -> None:
     """A record with a corrupt image yields a row with an error reason and score 0, not a crash or a drop."""
     from deco_core.data.shapes import eval_vqa_samples
