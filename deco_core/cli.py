@@ -61,6 +61,31 @@ def model_summary(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRI
                   f"{model.num_image_tokens}")
 
 
+EXPORT_FORMATS = ("llava",)  # beside the native save_pretrained directory every stage already writes
+
+
+@model_app.command("export")
+def model_export(model_dir: Path = typer.Argument(..., help="An exported DeCo model (a stage's export folder)."),
+                 out_dir: Path = typer.Argument(..., help="Where to write the converted checkpoint."),
+                 fmt: str = typer.Option("llava", "--format", "-f",
+                                         help="llava: transformers LlavaForConditionalGeneration (mlp projector)")) -> None:
+    """Convert an exported model for other serving stacks (``--format llava``: plain transformers LLaVA)."""
+    if fmt not in EXPORT_FORMATS:
+        console.print(f"[red]--format {fmt!r}:[/red] expected one of {', '.join(EXPORT_FORMATS)}")
+        raise typer.Exit(2)
+    from deco_core.model.deco import DecoModel
+    from deco_core.model.export_llava import save_llava
+
+    try:
+        model = DecoModel.from_pretrained(model_dir)
+        save_llava(model, out_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]export failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {fmt} checkpoint to {out_dir}: load it with "
+                  f"LlavaForConditionalGeneration.from_pretrained({str(out_dir)!r})")
+
+
 SUBCOMMAND_MODULES = ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze", "pipelines.cli")
 
 

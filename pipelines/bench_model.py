@@ -30,16 +30,6 @@ from deco_core.train.trainer import preprocess_spec
 
 log = logging.getLogger(__name__)
 FLOP_PROJECTORS = ("deco", "mlp", "linear")  # projectors whose trainable matmuls all act on the M output tokens
-# Our state-dict prefixes -> LlavaForConditionalGeneration's.
-# fmt: off
-LLAVA_KEYS = (
-    ("vision.model.",    "model.vision_tower."),
-    ("projector.mlp.0.", "model.multi_modal_projector.linear_1."),
-    ("projector.mlp.2.", "model.multi_modal_projector.linear_2."),
-    ("llm.model.",       "model.language_model."),
-    ("llm.lm_head.",     "lm_head."),
-)
-# fmt: on
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -117,27 +107,9 @@ def _train_step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[
 # ------------------------------------------------------------------------------------------ (a) HF parity
 def build_llava_twin(ours: DecoModel) -> nn.Module:
     """transformers' LlavaForConditionalGeneration with our (mlp projector) weights copied in."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
+    from deco_core.model.export_llava import to_llava
 
-    if ours.cfg.projector.name != "mlp" or ours.cfg.projector.mlp_depth != 2:
-        raise ValueError(f"LLaVA twin needs projector mlp with mlp_depth 2, got {ours.cfg.projector.name!r}")
-    n = ours.vision.num_patches
-    llava_cfg = LlavaConfig(
-        vision_config=ours.vision.model.config.to_dict(), text_config=ours.llm.config.to_dict(),
-        image_token_id=ours.image_token_id, vision_feature_layer=ours.vision.select_layer,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu", image_seq_length=n,
-        multimodal_projector_bias=True,
-    )
-    llava = LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation="sdpa")
-
-    def rename(key: str) -> str:
-        for ours_prefix, theirs in LLAVA_KEYS:
-            if key.startswith(ours_prefix):
-                return theirs + key[len(ours_prefix):]
-        raise KeyError(f"no LLaVA key for {key}")
-
-    llava.load_state_dict({rename(k): v for k, v in ours.state_dict().items()}, strict=True)
-    return llava
+    return to_llava(ours)
 
 
 def bench_hf_parity(cfg_mlp: Config, tokenizer, batch: dict[str, torch.Tensor], repeats: int,
