@@ -44,9 +44,13 @@ class ShardDatasource(FileBasedDatasource):
     def _report(self, counts: Counter) -> None:
         if not counts or not self.counter_name:
             return
+        import ray
+
         from deco_core.monitor import get_monitor
 
-        get_monitor(self.counter_name).add.remote(dict(counts))
+        # waited for: the counts land before this read task ends, so a reader of the monitor after the dataset is
+        # consumed sees them (bad content is rare, so this costs one round trip per damaged shard)
+        ray.get(get_monitor(self.counter_name).add.remote(dict(counts)))
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pd.DataFrame]:
         counts: Counter = Counter()

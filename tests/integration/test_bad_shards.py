@@ -61,3 +61,25 @@ def test_truncated_shard_is_counted_and_the_read_goes_on(ray_local, tmp_path, sh
     assert set(counts) == {"seen", "truncated_shard"}
     with pytest.raises(DataQualityError, match="truncated_shard"):
         check_quality(counts, max_bad_fraction=0.01, min_seen=10)
+
+
+def test_s3_shards_are_matched_to_their_manifest_rows(ray_local, s3_server, s3_bucket):
+    """On S3 the read tasks find each shard's manifest count by its URL: an intact set gives every sample and no
+    counts; a manifest row claiming 2 more samples than its shard holds counts 2 'truncated_shard'."""
+    from deco_core.data.ray_shards import ShardDatasource
+    from deco_core.data.storage import pyarrow_filesystem
+    from tests.fixtures.s3 import S3_TEST_ENV
+    from tests.unit.test_shards import make_samples
+
+    uri = f"{s3_bucket}/ray-shards"
+    manifest = write_shards(make_samples(25), uri, source="shapes", split="train", samples_per_shard=10,
+                            storage=s3_server.storage, progress=False)
+    fs = pyarrow_filesystem(uri, s3_server.storage)
+    for name, claimed in (("s3-intact-test", 0), ("s3-short-test", 2)):
+        counter = get_quality_counter(name)
+        expected = {row.url: row.samples + (claimed if row.url.endswith("000001.tar") else 0) for row in manifest.rows}
+        source = ShardDatasource(manifest.shard_urls, expected=expected, counter_name=name, filesystem=fs)
+        rows = ray.data.read_datasource(source, runtime_env={"env_vars": dict(S3_TEST_ENV)}).take_all()
+        assert sorted(r["__key__"] for r in rows) == [s["__key__"] for s in make_samples(25)]
+        counts = ray.get(counter.snapshot.remote())
+        assert counts == ({"seen": 2, "truncated_shard": 2} if claimed else {})
