@@ -70,18 +70,23 @@ def build(
 
 @data_app.command("inspect")
 def inspect(uri: str = typer.Argument(..., help="Shard folder (local or s3://)."),
-            verify: bool = typer.Option(False, help="Recompute sha256 of every shard.")) -> None:
-    """Show a dataset's manifest (and verify checksums on demand)."""
-    from deco_core.data.shards import read_manifest, verify_manifest
+            verify: bool = typer.Option(False, help="Recompute sha256 of every shard and read every member to its end.")
+            ) -> None:
+    """Show a dataset's manifest (and, with --verify, check every shard's bytes, checksum and tar content)."""
+    from deco_core.data.shards import ShardError, read_manifest, verify_manifest
 
-    manifest = verify_manifest(uri) if verify else read_manifest(uri)
+    try:
+        manifest = verify_manifest(uri) if verify else read_manifest(uri)
+    except ShardError as exc:
+        console.print(f"[red]{'verify failed' if verify else 'bad manifest'}:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     table = Table(title=manifest.uri)
     for col in ("shard", "samples", "bytes", "source", "split"):
         table.add_column(col)
     for row in manifest.rows:
         table.add_row(row.url, str(row.samples), f"{row.bytes:,}", row.source, row.split)
     console.print(table)
-    console.print(f"{manifest.total_samples:,} samples" + (" — checksums verified" if verify else ""))
+    console.print(f"{manifest.total_samples:,} samples" + (" — checksums and tar content verified" if verify else ""))
 
 
 def register(app: typer.Typer) -> None:

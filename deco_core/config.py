@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from deco_core.config_ranges import check_ranges
 from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is part of this module's API)
+    SECTION_RANGES,
     AnalysisConfig,
     Config,
     DataConfig,
@@ -94,8 +95,10 @@ def _resolve_top(config: str | Path, conf_dir: Path) -> Path:
     candidate = _group_file(conf_dir, ref)
     if not path.is_absolute() and candidate.is_file():
         return candidate
-    valid = ", ".join(sorted(p.stem for p in candidate.parent.glob("*.yaml"))) or "none"
-    raise ConfigError(f"config file not found: {config} (nor {candidate}; valid there: {valid})")
+    group = candidate.parent if any(candidate.parent.glob("*.yaml")) else conf_dir / "pipeline"
+    valid = ", ".join(sorted(p.stem for p in group.glob("*.yaml"))) or "none"
+    raise ConfigError(f"config file not found: {config}; valid there: {valid} "
+                      f"(as refs {group.relative_to(conf_dir).as_posix()}/<name>)")
 
 
 def _find_group(roots: list[Path], key: str, ref: str) -> Path:
@@ -153,9 +156,24 @@ def compose(
         merged = OmegaConf.merge(schema, *layers)
         for key, value in plain_overrides:
             OmegaConf.update(merged, key, value, merge=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    return _typed(merged, path)
+
+
+def _typed(merged: DictConfig, path: Path) -> Config:
+    """Ranges first (on the plain values, so each error names its key), then the dataclasses, then validate()."""
+    try:
+        problems = check_ranges(Config, OmegaConf.to_container(merged, resolve=True), SECTION_RANGES)  # type: ignore[arg-type]
+        if problems:
+            raise ConfigError("; ".join(problems))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except ValueError as exc:  # a section's own checks (ShapesConfig.__post_init__)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config {path.name}: {exc}") from None
     validate(cfg)
     return cfg
 
@@ -181,10 +199,12 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field rules that types alone cannot express."""
+    """Cross-field rules that types and ranges alone cannot express (ranges: ``deco_core.config_ranges``)."""
     v = cfg.model.vision
     _require(v.image_size % v.patch_size == 0, "model.vision.image_size", v.image_size,
              f"a multiple of patch_size={v.patch_size}")
+    _require(v.path is not None or -(v.num_layers + 1) <= v.select_layer <= v.num_layers, "model.vision.select_layer",
+             v.select_layer, f"a hidden_states index in [-{v.num_layers + 1}, {v.num_layers}] (num_layers={v.num_layers})")
     n_patches = (v.image_size // v.patch_size) ** 2
     from deco_core.model.projectors import validate_projector_config
 
@@ -200,12 +220,24 @@ def validate(cfg: Config) -> None:
     _require(cfg.ray.log_level in LOG_LEVELS, "ray.log_level", cfg.ray.log_level, f"one of {', '.join(LOG_LEVELS)}")
     for name in ("pretrain", "finetune"):
         _validate_train(getattr(cfg, name), name)
-    _require(0.0 <= cfg.data.max_bad_fraction < 1.0, "data.max_bad_fraction", cfg.data.max_bad_fraction,
-             "a fraction in [0, 1)")
-    for i, src in enumerate(cfg.data.pretrain_sources + cfg.data.finetune_sources):
-        _require(src.weight > 0, f"data.*_sources[{i}].weight", src.weight, "> 0")
+    _validate_sources(cfg)
     unknown = set(cfg.pipeline.stages) - set(PipelineConfig().stages)
     _require(not unknown, "pipeline.stages", cfg.pipeline.stages, f"stages among {PipelineConfig().stages}")
+
+
+def _validate_sources(cfg: Config) -> None:
+    """Configured shard sources replace the generated ShapesWorld corpus for both training stages, so each
+    training stage in ``pipeline.stages`` needs its own once either is set."""
+    data = cfg.data
+    if not (data.pretrain_sources or data.finetune_sources):
+        return
+    for stage, other in (("pretrain", "finetune"), ("finetune", "pretrain")):
+        if stage in cfg.pipeline.stages and not getattr(data, f"{stage}_sources"):
+            raise ConfigError(
+                f"config key 'data.{stage}_sources' is empty while data.{other}_sources is set: with configured "
+                f"sources no ShapesWorld corpus is generated, so the {stage} stage has no data; set "
+                f"data.{stage}_sources, or leave '{stage}' out of pipeline.stages"
+                + (" (finetune.init_from then names the model to start from)" if stage == "pretrain" else ""))
 
 
 def _validate_train(t: TrainConfig, key: str) -> None:
@@ -215,23 +247,16 @@ def _validate_train(t: TrainConfig, key: str) -> None:
              "one of cosine, linear, constant")
     _require(t.precision in ("auto", "fp32", "bf16", "fp16"), f"{key}.precision", t.precision,
              "one of auto, fp32, bf16, fp16")
-    _require(t.lr > 0, f"{key}.lr", t.lr, "> 0")
-    _require(0.0 <= t.warmup_ratio < 1.0, f"{key}.warmup_ratio", t.warmup_ratio, "a fraction in [0, 1)")
-    _require(t.num_workers >= 1, f"{key}.num_workers", t.num_workers, ">= 1")
-    _require(t.micro_batch_size >= 1, f"{key}.micro_batch_size", t.micro_batch_size, ">= 1")
     per_step = t.micro_batch_size * t.num_workers
     _require(t.global_batch_size % per_step == 0 and t.global_batch_size >= per_step,
              f"{key}.global_batch_size", t.global_batch_size,
              f"a positive multiple of micro_batch_size × num_workers = {t.micro_batch_size} × {t.num_workers}"
              f" = {per_step} (global = micro × accumulation × workers)")
-    _require(t.max_steps is None or t.max_steps > 0, f"{key}.max_steps", t.max_steps, "null or > 0")
-    _require(t.checkpoint_every > 0, f"{key}.checkpoint_every", t.checkpoint_every, "> 0")
     _require(any((t.train_vision, t.train_projector, t.train_llm)), f"{key}.train_*", False,
              "at least one of train_vision, train_projector, train_llm to be true")
     ds_file = _group_file(CONF_DIR, f"deepspeed/{t.deepspeed}")
     _require(ds_file.is_file(), f"{key}.deepspeed", t.deepspeed,
              f"a file under conf/deepspeed/ ({', '.join(sorted(p.stem for p in CONF_DIR.glob('deepspeed/*.yaml')))})")
-    _require(math.isfinite(t.lr), f"{key}.lr", t.lr, "a finite number")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -248,11 +273,9 @@ def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a typed Config from ``to_dict`` output (used to ship configs to Ray workers and jobs)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
-        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, Path("<dict>"))) from None
-    validate(cfg)
-    return cfg
+    return _typed(merged, Path("<dict>"))
 
 
 def redact_secrets(data: Any, _key: str = "") -> Any:

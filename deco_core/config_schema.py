@@ -1,11 +1,14 @@
 """The typed configuration schema: one dataclass per section, with every default (attribute comments say what
-each field means). Composition, overrides and validation live in ``deco_core.config``."""
+each field means) and, for every numeric field, its allowed range (``ranged`` in the field, or ``SECTION_RANGES``
+below for sections defined beside their code; see ``deco_core.config_ranges``). Composition, overrides and
+validation live in ``deco_core.config``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from deco_core.config_ranges import Range, ranged
 from deco_core.data.shapes import ShapesConfig
 from deco_core.data.storage import StorageConfig
 from deco_core.model.projectors import ProjectorConfig
@@ -16,15 +19,16 @@ class VisionConfig:
     """CLIP-style vision tower: built from these fields, or loaded from ``path`` (CLIP ViT-L/14-336 layout)."""
 
     path: str | None = None
-    image_size: int = 96
-    patch_size: int = 8
-    hidden_size: int = 64
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 256
-    select_layer: int = -2  # hidden_states index; -2 = penultimate block output
-    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
-    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    image_size: int = ranged(96, ge=1)
+    patch_size: int = ranged(8, ge=1)
+    hidden_size: int = ranged(64, ge=1)
+    num_layers: int = ranged(3, ge=1)
+    num_heads: int = ranged(4, ge=1)
+    intermediate_size: int = ranged(256, ge=1)
+    # hidden_states index; -2 = penultimate block output (checked against num_layers by validate())
+    select_layer: int = ranged(-2, note="a hidden_states index, negative counts from the end")
+    image_mean: list[float] = ranged(factory=lambda: [0.48145466, 0.4578275, 0.40821073], ge=0, le=1)
+    image_std: list[float] = ranged(factory=lambda: [0.26862954, 0.26130258, 0.27577711], gt=0)
     pad_to_square: bool = True
 
 
@@ -33,12 +37,12 @@ class LLMConfig:
     """Causal LM: a tiny Llama built from these fields, or any AutoModelForCausalLM checkpoint at ``path``."""
 
     path: str | None = None
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 512
+    hidden_size: int = ranged(128, ge=1)
+    num_layers: int = ranged(3, ge=1)
+    num_heads: int = ranged(4, ge=1)
+    num_kv_heads: int = ranged(4, ge=1)
+    intermediate_size: int = ranged(512, ge=1)
+    max_position_embeddings: int = ranged(512, ge=1)
     attn_implementation: str = "sdpa"
 
 
@@ -47,7 +51,7 @@ class TokenizerConfig:
     """Tokenizer: built offline from the ShapesWorld vocabulary when ``path`` is None."""
 
     path: str | None = None
-    max_length: int = 192
+    max_length: int = ranged(192, ge=1)
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     trust_remote_code: bool = False
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     chat_template: str = "vicuna_v1"  # how generation prompts are written; the finetune stage sets its template
 
 
@@ -66,7 +70,7 @@ class SourceConfig:
     """One shard source in a training mixture."""
 
     uri: str = ""
-    weight: float = 1.0
+    weight: float = ranged(1.0, gt=0)
 
 
 @dataclass
@@ -75,22 +79,22 @@ class DataConfig:
 
     root: str = "runs/tiny/data"
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
-    caption_samples: int = 4000
-    instruct_samples: int = 6000
-    format_samples: int = 4000  # benchmark-format training samples mixed into finetuning (ShapesWorld)
-    format_mix: dict[str, float] = field(default_factory=lambda: {"vqa": 1.0, "pope": 1.0, "mc": 1.0, "rec": 1.0})
-    eval_samples: int = 500
-    samples_per_shard: int = 500
+    caption_samples: int = ranged(4000, ge=1)
+    instruct_samples: int = ranged(6000, ge=1)
+    format_samples: int = ranged(4000, ge=1)  # benchmark-format training samples mixed into finetuning (ShapesWorld)
+    format_mix: dict[str, float] = ranged(factory=lambda: {"vqa": 1.0, "pope": 1.0, "mc": 1.0, "rec": 1.0}, ge=0)
+    eval_samples: int = ranged(500, ge=1)
+    samples_per_shard: int = ranged(500, ge=1)
     pretrain_sources: list[SourceConfig] = field(default_factory=list)
     finetune_sources: list[SourceConfig] = field(default_factory=list)
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = ranged(256, ge=0, note="0 = no local shuffle")
     # Preprocess every training sample once, before the first step, and keep the result in Ray's object store
     # for all epochs (steps then never share the CPU with preprocessing); false streams shards through the
     # preprocessing actors while training runs (for corpora larger than the object store).
     preprocess_ahead: bool = True
-    preprocess_batch_size: int = 64
-    preprocess_cpus: float = 0.25
-    max_bad_fraction: float = 0.01
+    preprocess_batch_size: int = ranged(64, ge=1)
+    preprocess_cpus: float = ranged(0.25, gt=0)
+    max_bad_fraction: float = ranged(0.01, ge=0, lt=1)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
@@ -103,31 +107,31 @@ class TrainConfig:
     train_vision: bool = False
     train_projector: bool = True
     train_llm: bool = False
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
+    lr: float = ranged(1e-3, gt=0)
+    weight_decay: float = ranged(0.0, ge=0)
+    warmup_ratio: float = ranged(0.03, ge=0, lt=1)
     schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    micro_batch_size: int = 16
-    global_batch_size: int = 32
-    grad_clip: float = 1.0
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1)
+    betas: list[float] = ranged(factory=lambda: [0.9, 0.999], ge=0, lt=1)
+    micro_batch_size: int = ranged(16, ge=1)
+    global_batch_size: int = ranged(32, ge=1)
+    grad_clip: float = ranged(1.0, ge=0, note="0 = no clipping")
     gradient_checkpointing: bool = False
-    epochs: int = 1
-    max_steps: int | None = None
-    samples_per_epoch: int | None = None
-    num_workers: int = 2
-    cpus_per_worker: float = 0.5
-    torch_threads: int = 0  # intra-op threads per worker; 0 = the node's cores split among its workers
+    epochs: int = ranged(1, ge=1)
+    max_steps: int | None = ranged(None, ge=1)
+    samples_per_epoch: int | None = ranged(None, ge=1)
+    num_workers: int = ranged(2, ge=1)
+    cpus_per_worker: float = ranged(0.5, gt=0)
+    torch_threads: int = ranged(0, ge=0)  # intra-op threads per worker; 0 = the node's cores split among its workers
     use_gpu: bool = False
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     deepspeed: str = "zero2"  # file name under conf/deepspeed/
-    checkpoint_every: int = 50
-    num_to_keep: int = 2
-    max_failures: int = 0
-    seed: int = 0
-    log_every: int = 5
-    fail_at_step: int | None = None  # fault injection for tests: rank 1 dies once at this step
+    checkpoint_every: int = ranged(50, ge=1)
+    num_to_keep: int = ranged(2, ge=1)
+    max_failures: int = ranged(0, ge=-1, note="-1 = retry without limit")
+    seed: int = ranged(0, ge=0)
+    log_every: int = ranged(5, ge=1)
+    fail_at_step: int | None = ranged(None, ge=1)  # fault injection for tests: rank 1 dies once at this step
     init_from: str | None = None  # URI of an exported model to start from
     output_uri: str | None = None  # where the exported model goes (default: <run root>/<stage>/model)
 
@@ -139,20 +143,20 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["shapes-vqa", "shapes-pope", "shapes-mc", "shapes-rec"])
-    max_new_tokens: int = 16
-    batch_size: int = 32
-    num_actors: int = 1
-    cpus_per_actor: float = 1.0
-    limit: int | None = None
-    worst_cases: int = 8
+    max_new_tokens: int = ranged(16, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    num_actors: int = ranged(1, ge=1)
+    cpus_per_actor: float = ranged(1.0, gt=0)
+    limit: int | None = ranged(None, ge=1)
+    worst_cases: int = ranged(8, ge=0)
     data: dict[str, str] = field(default_factory=dict)  # task -> shard URI (public benchmarks converted to shards)
-    seed: int = 1234  # ShapesWorld eval set seed (a frozen eval set: same seed -> same questions)
+    seed: int = ranged(1234, ge=0)  # ShapesWorld eval set seed (a frozen eval set: same seed -> same questions)
     blind_baseline: bool = True  # also answer every question shown a blank image (doubles generation)
 
 
 @dataclass
 class AnalysisConfig:
-    num_samples: int = 16
+    num_samples: int = ranged(16, ge=1)
     enabled: bool = True
 
 
@@ -167,8 +171,8 @@ class TrackingConfig:
 @dataclass
 class RayConfig:
     address: str | None = None  # None = in-process local Ray
-    num_cpus: int | None = 4  # logical CPUs for a local Ray (see README: 2-core plan)
-    object_store_memory_mb: int = 512
+    num_cpus: int | None = ranged(4, ge=1)  # logical CPUs for a local Ray (see README: 2-core plan)
+    object_store_memory_mb: int = ranged(512, ge=0, note="0 = Ray's default size")
     runtime_env: dict[str, Any] = field(default_factory=dict)
     # Console level of Ray Train's and (local Ray) Ray Data's own log lines: their INFO lines (worker group
     # start-up, dataset execution plans) repeat for every stage; WARNING keeps the console to what matters.
@@ -195,9 +199,9 @@ class RetrainConfig:
     """
 
     metric: str = "eval/group/localization"
-    margin: float = 0.01
+    margin: float = ranged(0.01, ge=0)
     init: str = "champion"  # champion | scratch
-    data_seed_offset: int = 1
+    data_seed_offset: int = ranged(1, ge=0)
     higher_is_better: bool = True
 
 
@@ -217,3 +221,44 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+
+# Ranges of the sections whose dataclasses live beside their code (fields in declaration order).
+# fmt: off
+SECTION_RANGES: dict[type, dict[str, Range]] = {
+    ProjectorConfig: {
+        "num_tokens":      Range(ge=1),
+        "mlp_depth":       Range(ge=1),
+        "qformer_depth":   Range(ge=1),
+        "qformer_width":   Range(ge=1),
+        "qformer_heads":   Range(ge=1),
+        "resampler_width": Range(ge=1),
+        "resampler_heads": Range(ge=1),
+        "cabs_depth":      Range(ge=0),
+        "dropout":         Range(ge=0, lt=1),
+    },
+    ShapesConfig: {
+        "image_size":               Range(ge=24),
+        "min_objects":              Range(ge=1, le=9, note="one object per cell of a 3×3 grid"),
+        "max_objects":              Range(ge=1, le=9, note="one object per cell of a 3×3 grid"),
+        "seed":                     Range(ge=0),
+        "small_frac":               Range(gt=0, lt=1),
+        "large_frac":               Range(gt=0, lt=1),
+        "colour_jitter":            Range(ge=0),
+        "background_grey":          Range(ge=0, le=255),
+        "background_tint":          Range(ge=0),
+        "popularity_skew":          Range(ge=0),
+        "coord_step":               Range(gt=0, le=1),
+        "spatial_prob":             Range(ge=0, le=1),
+        "short_answer_suffix_prob": Range(ge=0, le=1),
+        "min_turns":                Range(ge=1),
+        "max_turns":                Range(ge=1),
+    },
+    StorageConfig: {
+        "retries":           Range(ge=0),
+        "backoff_s":         Range(ge=0),
+        "connect_timeout_s": Range(gt=0),
+        "read_timeout_s":    Range(gt=0),
+    },
+}
+# fmt: on

@@ -1,7 +1,9 @@
 """Ray Data streaming for training and evaluation: read WebDataset shards (local or S3), preprocess on CPU actors
 (decode, CLIP transform, template, tokenise, mask, image-token expansion, pad) and hand batches to Ray Train.
 
-Bad samples are dropped in the preprocessing actors and counted per reason in one named counter actor per run;
+Bad samples are dropped and counted per reason in one named counter actor per run (the stage monitor): unsafe,
+malformed and truncated tar content by the read tasks (``deco_core.data.ray_shards``), undecodable or untrainable
+samples by the preprocessing actors;
 the training loop checks the bad fraction against ``data.max_bad_fraction`` and fails with the counts.
 
 Resource plan (2 cores): Ray is started with logical CPUs (4 by default), train workers take 0.5 each, reads and
@@ -148,11 +150,12 @@ def _empty_batch(spec: PreprocessSpec) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------- reading
-def _readable_shards(uri: str, storage: StorageConfig, counts: Counter) -> tuple[list[str], int]:
-    """Shard URLs from the manifest whose size matches it; truncated/missing ones are skipped and counted."""
+def _readable_shards(uri: str, storage: StorageConfig, counts: Counter) -> tuple[list[str], dict[str, int], int]:
+    """Shard URLs from the manifest whose size matches it, their manifest sample counts (by manifest URL) and the
+    total; truncated/missing ones are skipped and counted."""
     manifest = read_manifest(uri, storage)
     fs, _ = get_filesystem(uri, storage)
-    urls, total = [], 0
+    urls, expected, total = [], {}, 0
     for row, url in zip(manifest.rows, manifest.shard_urls, strict=True):
         path = get_filesystem(url, storage)[1]
         size = fs.size(path) if fs.exists(path) else -1
@@ -163,26 +166,35 @@ def _readable_shards(uri: str, storage: StorageConfig, counts: Counter) -> tuple
                         "missing" if size < 0 else size, row.bytes)
             continue
         urls.append(url)
+        expected[row.url] = row.samples
         total += row.samples
-    return urls, total
+    return urls, expected, total
 
 
-def read_source(uri: str, storage: StorageConfig, counts: Counter, num_cpus: float = 0.25, shuffle: bool = True):
-    """One shard folder -> a Ray Dataset of raw records (bytes per member) and its sample count."""
+def read_source(uri: str, storage: StorageConfig, counts: Counter, num_cpus: float = 0.25, shuffle: bool = True,
+                counter_name: str | None = None):
+    """One shard folder -> a Ray Dataset of raw records (bytes per member) and its sample count.
+
+    The read tasks apply the tar rules of the single-process reader (``deco_core.data.tar_rules``): unsafe,
+    malformed and truncated content is dropped and counted in the stage monitor ``counter_name``.
+    """
     import ray
 
-    urls, total = _readable_shards(uri, storage, counts)
+    from deco_core.data.ray_shards import ShardDatasource
+
+    urls, expected, total = _readable_shards(uri, storage, counts)
     if not urls:
         raise FileNotFoundError(f"no readable shards under {uri} (see the warnings above)")
-    ds = ray.data.read_webdataset(urls, filesystem=pyarrow_filesystem(uri, storage), decoder=None,
-                                  shuffle="files" if shuffle else None, num_cpus=num_cpus)
-    return ds, total
+    source = ShardDatasource(urls, expected=expected, counter_name=counter_name,
+                             filesystem=pyarrow_filesystem(uri, storage), shuffle="files" if shuffle else None)
+    return ray.data.read_datasource(source, num_cpus=num_cpus), total
 
 
 def mix_sources(sources: list[tuple[str, float]], storage: StorageConfig, counts: Counter,
-                num_cpus: float = 0.25, samples: int | None = None, shuffle: bool = True):
+                num_cpus: float = 0.25, samples: int | None = None, shuffle: bool = True,
+                counter_name: str | None = None):
     """Weighted mixture: source i contributes round(samples × w_i / Σw) rows (repeated if it has fewer)."""
-    parts = [(read_source(uri, storage, counts, num_cpus, shuffle), w) for uri, w in sources]
+    parts = [(read_source(uri, storage, counts, num_cpus, shuffle, counter_name), w) for uri, w in sources]
     total_w = sum(w for _, w in parts)
     target_total = samples or sum(n for (_, n), _ in parts)
     mixed = None
@@ -209,7 +221,7 @@ def build_dataset(sources: list[tuple[str, float]], spec: PreprocessSpec, storag
     to start processes of its own.
     """
     counts: Counter = Counter()
-    raw, total = mix_sources(sources, storage, counts, num_cpus, samples, shuffle)
+    raw, total = mix_sources(sources, storage, counts, num_cpus, samples, shuffle, counter_name)
     if counter_name and counts:
         get_quality_counter(counter_name).add.remote(dict(counts))
     if tasks:

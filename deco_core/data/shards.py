@@ -26,10 +26,10 @@ from deco_core.data.shard_format import (
     check_member_name,
     decode_member,
     encode_sample,
-    split_member_name,
     validate_sample,
 )
 from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, join_uri, with_retries
+from deco_core.data.tar_rules import BadSample, HashingReader, read_shard_records
 
 log = logging.getLogger(__name__)
 
@@ -280,27 +280,28 @@ def read_manifest(uri: str, storage: StorageConfig | None = None) -> Manifest:
     return Manifest(base_uri=base, rows=rows)
 
 
-def _hash_remote(uri: str, storage: StorageConfig) -> tuple[int, str]:
+def _read_through(uri: str, storage: StorageConfig, expected: int) -> tuple[int, str, list[BadSample]]:
+    """One pass over a shard: its size, its sha256 and every rule it breaks, each member read to its end."""
     fs, path = get_filesystem(uri, storage)
 
-    def _hash() -> tuple[int, str]:
-        digest, size = hashlib.sha256(), 0
+    def _pass() -> tuple[int, str, list[BadSample]]:
         with fs.open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        return size, digest.hexdigest()
+            reader = HashingReader(f)
+            bad = [r for r in read_shard_records(reader, f"shard {uri}", expected) if isinstance(r, BadSample)]
+            reader.drain()
+        return reader.size, reader.hexdigest(), bad
 
-    return with_retries(_hash, "checksum shard", storage, uri=uri)
+    return with_retries(_pass, "verify shard", storage, uri=uri)
 
 
 def verify_manifest(uri: str, storage: StorageConfig | None = None) -> Manifest:
-    """Recompute every shard's size and sha256; raise ChecksumMismatchError naming the first bad shard."""
+    """Recompute every shard's size and sha256 and read every member to its end; raise ChecksumMismatchError
+    (bytes differ from the manifest) or ShardError (truncated, unsafe or malformed content) naming the shard."""
     storage = storage or StorageConfig()
     manifest = read_manifest(uri, storage)
     for row, shard_uri in zip(manifest.rows, manifest.shard_urls, strict=True):
         try:
-            size, sha = _hash_remote(shard_uri, storage)
+            size, sha, bad = _read_through(shard_uri, storage, row.samples)
         except FileNotFoundError:
             raise ChecksumMismatchError(f"shard {shard_uri} listed in the manifest is missing") from None
         if size != row.bytes or sha != row.sha256:
@@ -308,38 +309,25 @@ def verify_manifest(uri: str, storage: StorageConfig | None = None) -> Manifest:
                 f"shard {shard_uri} does not match the manifest: {size} bytes sha256 {sha}, "
                 f"expected {row.bytes} bytes sha256 {row.sha256}"
             )
+        if bad:
+            raise ShardError(f"shard {shard_uri} is unreadable ({bad[0].reason}): {bad[0].message}"
+                             + (f"; and {len(bad) - 1} more problem(s)" if len(bad) > 1 else ""))
     log.info("verified %d shards (%d samples) of %s", len(manifest.rows), manifest.total_samples, uri)
     return manifest
 
 
-def _iter_shard(shard_uri: str, storage: StorageConfig) -> Iterator[dict]:
-    """Samples of one tar shard, members grouped by key; unsafe or malformed members raise ShardError."""
+def _iter_shard(shard_uri: str, storage: StorageConfig, expected: int | None = None) -> Iterator[dict]:
+    """Samples of one tar shard (json decoded); anything ``tar_rules`` flags raises ShardError naming the shard."""
     fs, path = get_filesystem(shard_uri, storage)
     f = with_retries(lambda: fs.open(path, "rb"), "open shard", storage, uri=shard_uri)
-    with f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        current: dict | None = None
-        done: set[str] = set()
-        for member in tar:
-            where = f"shard {shard_uri}"
-            check_member_name(member.name, where=where)
-            if member.isdir():
-                continue
-            if not member.isfile():
-                raise ShardError(f"{where}: member {member.name!r} is not a regular file (links are rejected)")
-            key, ext = split_member_name(member.name, where=where)
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    done.add(current["__key__"])
-                    yield current
-                if key in done:
-                    raise ShardError(f"{where}: members of sample {key!r} are not contiguous")
-                current = {"__key__": key}
-            if ext in current:
-                raise ShardError(f"{where}: sample {key!r} has two {ext!r} members")
-            payload = tar.extractfile(member).read()  # type: ignore[union-attr]
-            current[ext] = decode_member(ext, payload, where=f"{where} member {member.name!r}")
-        if current is not None:
-            yield current
+    where = f"shard {shard_uri}"
+    with f:
+        for record in read_shard_records(f, where, expected):
+            if isinstance(record, BadSample):
+                raise ShardError(record.message)
+            key = record["__key__"]
+            yield {ext: value if ext == "__key__" else decode_member(ext, value, where=f"{where} member {key}.{ext}")
+                   for ext, value in record.items()}
 
 
 def iter_samples(uri: str, storage: StorageConfig | None = None) -> Iterator[dict]:
@@ -351,5 +339,6 @@ def iter_samples(uri: str, storage: StorageConfig | None = None) -> Iterator[dic
     if uri.rstrip("/").endswith(".tar"):
         yield from _iter_shard(uri.rstrip("/"), storage)
         return
-    for shard_uri in read_manifest(uri, storage).shard_urls:
-        yield from _iter_shard(shard_uri, storage)
+    manifest = read_manifest(uri, storage)
+    for row, shard_uri in zip(manifest.rows, manifest.shard_urls, strict=True):
+        yield from _iter_shard(shard_uri, storage, row.samples)
