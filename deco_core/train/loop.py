@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from deco_core.config import Config, TrainConfig, from_dict
-from deco_core.data.ray_data import check_quality, collate
+from deco_core.data.ray_data import check_quality
 from deco_core.data.transforms import ImageTransform
 from deco_core.logs import setup_logging
 from deco_core.model.deco import DecoModel
@@ -36,7 +36,7 @@ from deco_core.train.fatal import is_non_retryable, read_fatal, record_fatal
 from deco_core.train.integrity import ResumeState, read_state, verify_checkpoint, write_manifest, write_state
 from deco_core.train.progress import PhaseClock, find_board
 from deco_core.train.steplog import CommittedMetrics, logged_through
-from deco_core.train.stream import SampleLedger, SampleStream, derived_seed
+from deco_core.train.stream import SampleLedger, SampleStream, collate_fn, derived_seed
 
 log = logging.getLogger(__name__)
 CKPT_TAG = "ckpt"
@@ -131,21 +131,6 @@ def _maybe_inject_fault(t: TrainConfig, state: ResumeState, rank: int, world: in
     time.sleep(5.0)
     log.error("fault injection: rank %d (pid %d) is killed at step %d", rank, os.getpid(), state.step)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _collate_fn(transform: ImageTransform, keep_keys: bool = False):
-    """``ray_data.collate`` as the callable class Ray Data expects (a plain function is deprecated there);
-    ``keep_keys`` adds the batch's sample keys (numpy) for the sample ledger."""
-    from ray.data.collate_fn import NumpyBatchCollateFn
-
-    class Collate(NumpyBatchCollateFn):
-        def __call__(self, batch: dict) -> dict:
-            out = collate(batch, transform)
-            if keep_keys and "key" in batch:
-                out["keys"] = batch["key"]
-            return out
-
-    return Collate()
 
 
 def run_epoch(engine, t: TrainConfig, state: ResumeState, total_steps: int, stream: SampleStream,
@@ -321,7 +306,7 @@ def _stream(config: dict[str, Any], t: TrainConfig, rank: int, world: int, shuff
     shard = shards[rank] if shards is not None else ray.train.get_dataset_shard("train")
     return SampleStream(shard, exact=shards is not None, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
                         shuffle_buffer=shuffle_buffer,
-                        collate_fn=_collate_fn(transform, keep_keys=bool(config.get("sample_log"))))
+                        collate_fn=collate_fn(transform, keep_keys=bool(config.get("sample_log"))))
 
 
 def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, config: dict,
@@ -335,7 +320,7 @@ def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: Committe
         engine.eval()
         batches = (
             {k: v.to(engine.device) for k, v in b.items()}
-            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=_collate_fn(ctx["transform"]))
+            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=collate_fn(ctx["transform"]))
         )
         metrics["val_loss"] = mean_token_loss(engine, batches)
         log.info("validation loss %.4f", metrics["val_loss"])

@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deco_core.data.ray_data import collate
+from deco_core.data.transforms import ImageTransform
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +66,21 @@ class SampleStream:
             if next(batches, None) is None:
                 return
         yield from batches
+
+
+def collate_fn(transform: ImageTransform, keep_keys: bool = False):
+    """``ray_data.collate`` as the callable class Ray Data expects (a plain function is deprecated there);
+    ``keep_keys`` adds the batch's sample keys (numpy) for the sample ledger."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> dict:
+            out = collate(batch, transform)
+            if keep_keys and "key" in batch:
+                out["keys"] = batch["key"]
+            return out
+
+    return Collate()
 
 
 class SampleLedger:

@@ -4,6 +4,7 @@ once; a modified checkpoint is refused; an error a retry cannot fix is not retri
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -84,7 +85,8 @@ def _bad_corpus(path, n: int = 200, every: int = 10) -> str:
 @pytest.mark.parametrize("ahead", [False, True], ids=["streaming", "preprocess-ahead"])
 def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead):
     """10 % bad samples over a 1 % limit with two retries allowed: the stage fails with DataQualityError and
-    counts from a single pass over the 200 samples (a retry would re-read and re-count them)."""
+    its own message, counted in a single pass over the 200 samples; no retried attempt trains (a retry would
+    re-read and re-count them, and replay step 1 in the sample ledger)."""
     uri = _bad_corpus(tmp_path / "bad")
     cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path}", f"data.preprocess_ahead={str(ahead).lower()}",
                                     "finetune.num_workers=1", "finetune.micro_batch_size=16",
@@ -92,6 +94,10 @@ def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead):
                                     "finetune.log_every=1", "finetune.max_failures=2"])
     with pytest.raises(DataQualityError) as err:
         run_stage(cfg, "finetune", sources=[(uri, 1.0)], output_uri=str(tmp_path / "m"),
-                  run_name=f"bad-{ahead}", storage_path=str(tmp_path / "ray"))
-    bad, seen = map(int, re.match(r"(\d+) of (\d+) samples were bad", str(err.value)).groups())
+                  run_name=f"bad-{ahead}", storage_path=str(tmp_path / "ray"), sample_log=str(tmp_path / "keys"))
+    assert type(err.value) is DataQualityError
+    bad, seen = map(int, re.fullmatch(r"(\d+) of (\d+) samples were bad .*", str(err.value)).groups())
     assert seen <= 200 and bad <= 20 and bad / seen > 0.01
+    ledger = tmp_path / "keys.rank0.jsonl"
+    steps = [json.loads(line)["step"] for line in ledger.read_text().splitlines()] if ledger.exists() else []
+    assert len(steps) == len(set(steps)), "a retried attempt trained again"
