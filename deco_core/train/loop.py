@@ -1,8 +1,10 @@
 """``train_loop_per_worker``: runs inside each Ray Train worker.
 
-build model -> explicit freeze -> DeepSpeed engine -> resume from the latest Ray checkpoint -> epochs over the
-worker's Ray Data shard (micro-batches, accumulation, clipping inside DeepSpeed) -> periodic checkpoints from
-every rank through ``ray.train.report`` -> validation loss -> consolidated HF-format export (rank 0).
+build model -> explicit freeze -> DeepSpeed engine -> resume from the latest verified Ray checkpoint -> epochs
+over the worker's sample stream (``stream.py``: a fixed, seeded order that a resume continues exactly) with
+micro-batches, accumulation, clipping inside DeepSpeed -> periodic checkpoints from every rank through
+``ray.train.report`` (with a hash manifest, ``integrity.py``) -> validation loss -> HF-format export (rank 0).
+Step metrics reach tracking once a checkpoint covers them (``steplog.py``), so replayed steps are logged once.
 Workers agree on batch availability every micro-step, so uneven shards can never hang a collective.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,24 +24,22 @@ import torch
 import torch.distributed as dist
 
 from deco_core.config import Config, TrainConfig, from_dict
-from deco_core.data.ray_data import check_quality, collate
+from deco_core.data.ray_data import check_quality
 from deco_core.data.transforms import ImageTransform
 from deco_core.logs import setup_logging
 from deco_core.model.deco import DecoModel
-from deco_core.tracking import Tracker, make_tracker
+from deco_core.tracking import make_tracker
 from deco_core.train.checkpoint import consolidated_state_dict, export_model, load_init_model
 from deco_core.train.deepspeed import build_engine
 from deco_core.train.evaluation import mean_token_loss
+from deco_core.train.fatal import is_non_retryable, read_fatal, record_fatal
+from deco_core.train.integrity import ResumeState, read_state, verify_checkpoint, write_manifest, write_state
 from deco_core.train.progress import PhaseClock, find_board
+from deco_core.train.steplog import CommittedMetrics, logged_through
+from deco_core.train.stream import SampleLedger, SampleStream, collate_fn, derived_seed
 
 log = logging.getLogger(__name__)
 CKPT_TAG = "ckpt"
-
-
-@dataclass
-class LoopState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
 
 
 @dataclass
@@ -66,27 +67,39 @@ def build_stage_model(cfg: Config, stage: str, tokenizer: Any) -> DecoModel:
     return model
 
 
-def maybe_resume(engine) -> LoopState:
-    """Load the latest Ray Train checkpoint into the engine (model, optimizer, scheduler, step, epoch)."""
+def maybe_resume(engine, fresh: ResumeState) -> ResumeState:
+    """Load the latest Ray Train checkpoint: its files verified against their manifests first, then DeepSpeed's
+    model, optimizer and scheduler state, and our own state (step, epoch, consumed samples) from JSON."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return LoopState()
+        return fresh
     with ckpt.as_directory() as path:
-        _, client = engine.load_checkpoint(path, tag=CKPT_TAG)
-    state = LoopState(int(client["step"]), int(client["epoch"]))
-    log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
+        verify_checkpoint(path)
+        state = read_state(path)
+        engine.load_checkpoint(path, tag=CKPT_TAG)
+    if (state.world_size, state.shard_rows) != (fresh.world_size, fresh.shard_rows):
+        log.warning("checkpoint written by %d workers with %d rows per shard, resuming on %d with %d: the sample "
+                    "stream continues near, not exactly at, where it stopped", state.world_size, state.shard_rows,
+                    fresh.world_size, fresh.shard_rows)
+        state.world_size, state.shard_rows = fresh.world_size, fresh.shard_rows
+    log.info("resumed from checkpoint at step %d (epoch %d, %d samples into it)", state.step, state.epoch,
+             state.epoch_samples)
     return state
 
 
-def save_and_report(engine, state: LoopState, metrics: dict[str, float]) -> None:
-    """Every rank writes its DeepSpeed shard to a temp dir; Ray merges them into one checkpoint."""
+def save_and_report(engine, state: ResumeState, metrics: dict[str, float], rank: int) -> None:
+    """Every rank writes its DeepSpeed shard to a temp dir (rank 0 adds our JSON state), then the manifest of
+    what it wrote; Ray merges the ranks' dirs into one checkpoint."""
     import ray.train
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="deco-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": state.step, "epoch": state.epoch})
+        engine.save_checkpoint(tmp, tag=CKPT_TAG)
+        if rank == 0:
+            write_state(tmp, state)
+        write_manifest(tmp, rank, state.world_size)
         ray.train.report({**metrics, "step": state.step, "epoch": state.epoch},
                          checkpoint=Checkpoint.from_directory(tmp))
 
@@ -103,8 +116,8 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
     return float(x.item()) / dist.get_world_size()
 
 
-def _maybe_inject_fault(t: TrainConfig, state: LoopState, rank: int, world: int, marker: str | None) -> None:
-    """Test hook: the last rank dies once (hard exit) when reaching ``fail_at_step``.
+def _maybe_inject_fault(t: TrainConfig, state: ResumeState, rank: int, world: int, marker: str | None) -> None:
+    """Test hook: the last rank is SIGKILLed once (first attempt only) when reaching ``fail_at_step``.
 
     It first waits a few seconds: Ray Train's controller collects reported checkpoints on its health-check poll
     (every 2 s), and a real crash would not land within milliseconds of the previous checkpoint either.
@@ -116,30 +129,20 @@ def _maybe_inject_fault(t: TrainConfig, state: LoopState, rank: int, world: int,
     Path(marker).parent.mkdir(parents=True, exist_ok=True)
     Path(marker).write_text(f"fault injected at step {state.step}\n")
     time.sleep(5.0)
-    log.error("fault injection: rank %d exits at step %d", rank, state.step)
-    os._exit(1)
+    log.error("fault injection: rank %d (pid %d) is killed at step %d", rank, os.getpid(), state.step)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _collate_fn(transform: ImageTransform):
-    """``ray_data.collate`` as the callable class Ray Data expects (a plain function is deprecated there)."""
-    from ray.data.collate_fn import NumpyBatchCollateFn
-
-    class Collate(NumpyBatchCollateFn):
-        def __call__(self, batch: dict) -> dict:
-            return collate(batch, transform)
-
-    return Collate()
-
-
-def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard, tracker: Tracker,
-              ctx: dict[str, Any]) -> bool:
-    """One pass over the shard; returns False when no batch at all was available."""
+def run_epoch(engine, t: TrainConfig, state: ResumeState, total_steps: int, stream: SampleStream,
+              tracker: CommittedMetrics, ctx: dict[str, Any]) -> bool:
+    """The rest of the epoch ``state.epoch`` (after the samples a checkpoint says were consumed); returns False
+    when the epoch had no batch at all."""
     device = engine.device
-    batches = iter(shard.iter_torch_batches(batch_size=t.micro_batch_size, collate_fn=_collate_fn(ctx["transform"]), drop_last=True,
-                                            local_shuffle_buffer_size=ctx["shuffle_buffer"] or None,
-                                            local_shuffle_seed=t.seed + state.epoch, prefetch_batches=2))
+    per_batch = t.micro_batch_size * ctx["world"]
+    skipped = state.epoch_samples // per_batch
+    batches = stream.epoch(state.epoch, skipped)
     stats: StepStats = ctx["stats"]
-    got_any = False
+    got_any = skipped > 0
     while state.step < total_steps:
         _maybe_inject_fault(t, state, ctx["rank"], ctx["world"], ctx["fault_marker"])
         tw = time.perf_counter()
@@ -150,11 +153,16 @@ def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard,
         if not _all_have_batch(batch is not None, device):
             break
         got_any = True
+        micro = state.epoch_samples // per_batch
+        ctx["ledger"].record(state.step + 1, state.epoch, micro, batch.pop("keys", None))
+        torch.manual_seed(derived_seed(state.seed, state.epoch, micro, ctx["rank"]))  # same RNG when replayed
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         boundary = engine.is_gradient_accumulation_boundary()
         engine.step()
+        state.epoch_samples += per_batch
+        state.consumed_samples += per_batch
         stats.micro += 1
         stats.loss_sum += float(loss.detach())
         stats.samples += int(batch["input_ids"].shape[0])
@@ -166,12 +174,14 @@ def run_epoch(engine, t: TrainConfig, state: LoopState, total_steps: int, shard,
         if state.step % t.log_every == 0 or state.step == total_steps:
             log_step(engine, t, state, total_steps, tracker, ctx)
         if state.step % t.checkpoint_every == 0 and state.step < total_steps:
-            save_and_report(engine, state, {"loss": ctx["last_loss"]})
+            save_and_report(engine, state, {"loss": ctx["last_loss"]}, ctx["rank"])
+            tracker.commit()  # the steps up to here are covered by a checkpoint
     return got_any
 
 
-def log_step(engine, t: TrainConfig, state: LoopState, total_steps: int, tracker: Tracker, ctx: dict) -> None:
-    """All ranks average the loss (a collective); rank 0 logs and tracks."""
+def log_step(engine, t: TrainConfig, state: ResumeState, total_steps: int, tracker: CommittedMetrics,
+             ctx: dict) -> None:
+    """All ranks average the loss (a collective); rank 0 logs and holds the metrics until the next commit."""
     stats: StepStats = ctx["stats"]
     device = engine.device
     loss = _mean_across_ranks(stats.loss_sum / max(1, stats.micro), device)
@@ -199,7 +209,7 @@ def log_step(engine, t: TrainConfig, state: LoopState, total_steps: int, tracker
     log.log(logging.DEBUG if ctx.get("board") is not None else logging.INFO, "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
              loss, metrics["train/lr"], metrics["train/samples_per_s"], 100 * metrics["train/data_wait_frac"],
              int(eta))
-    tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=state.step)
+    tracker.add({k: v for k, v in metrics.items() if not math.isnan(v)}, step=state.step)
     stats.reset()
 
 
@@ -223,15 +233,31 @@ def torch_threads(t: TrainConfig, local_world_size: int) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point given to TorchTrainer; ``config`` is built by ``deco_core.train.trainer``."""
-    import ray
+    """Entry point given to TorchTrainer; ``config`` is built by ``deco_core.train.trainer``.
+
+    An error a retry cannot fix is recorded before it is raised; a retried attempt that finds the record
+    returns at once (``deco_core.train.fatal``)."""
     import ray.train
 
+    tctx = ray.train.get_context()
+    rank = tctx.get_world_rank()
+    setup_logging(rank)
+    fatal = config.get("fatal_uri")
+    if fatal and read_fatal(fatal, config.get("storage")) is not None:
+        log.error("rank %d: an earlier attempt failed with an error a retry cannot fix; not training again", rank)
+        return
+    try:
+        _train(config, tctx)
+    except Exception as exc:
+        if fatal and is_non_retryable(exc):
+            record_fatal(fatal, exc, rank, config.get("storage"))
+        raise
+
+
+def _train(config: dict[str, Any], tctx) -> None:
     clock = PhaseClock()
     clock.mark("worker_start")
-    tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    setup_logging(rank)
     cfg = from_dict(config["cfg"])
     stage = config["stage"]
     t: TrainConfig = getattr(cfg, stage)
@@ -239,34 +265,52 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_stage_model(cfg, stage, config["tokenizer"])
     clock.mark("model_built")
     engine = build_engine(model, t, world, t.use_gpu, config["total_steps"])
-    state = maybe_resume(engine)
+    transform = ImageTransform.from_vision_config(cfg.model.vision)
+    stream = _stream(config, t, rank, world, cfg.data.shuffle_buffer, transform)
+    state = maybe_resume(engine, ResumeState(seed=t.seed, world_size=world, shard_rows=stream.rows()))
     clock.mark("engine_ready")
     tracker = make_tracker(rank, config.get("tracking_uri"), config.get("run_id"), config.get("system_metrics", False))
     if state.step == 0:
         tracker.log_params(config["cfg"])
+    committed = CommittedMetrics(tracker, logged_through(tracker) if state.step else 0)
     counter = find_board(config["counter_name"]) if config.get("counter_name") else None
     if config.get("counter_name") and counter is None:
         log.warning("stage monitor %s not found; bad-sample metrics disabled", config["counter_name"])
     ctx = {"rank": rank, "world": world, "fault_marker": config.get("fault_marker"), "counter": counter,
-           "max_bad_fraction": cfg.data.max_bad_fraction, "shuffle_buffer": cfg.data.shuffle_buffer,
-           "stats": StepStats(), "last_loss": float("nan"), "history": [], "clock": clock,
-           "transform": ImageTransform.from_vision_config(cfg.model.vision),
+           "max_bad_fraction": cfg.data.max_bad_fraction, "stats": StepStats(), "last_loss": float("nan"),
+           "history": [], "clock": clock, "transform": transform,
+           "ledger": SampleLedger(config.get("sample_log"), rank),
            "board": find_board(config["run_name"]) if rank == 0 else None,
            "steps_t0": time.perf_counter(), "start_step": state.step}
     ctx["stats"].reset()
-    shard = ray.train.get_dataset_shard("train")
     total = config["total_steps"]
     max_epochs = None if t.max_steps else t.epochs
     engine.train()
     while state.step < total and (max_epochs is None or state.epoch < max_epochs):
-        if not run_epoch(engine, t, state, total, shard, tracker, ctx):
+        if not run_epoch(engine, t, state, total, stream, committed, ctx):
             raise RuntimeError(f"stage {stage}: the training data yielded no batch of {t.micro_batch_size}")
-        state.epoch += 1
+        if state.step < total:
+            state.epoch, state.epoch_samples = state.epoch + 1, 0
     clock.mark("steps_done")
-    finish_stage(engine, model, state, tracker, config, ctx)
+    finish_stage(engine, model, state, committed, config, ctx)
 
 
-def finish_stage(engine, model: DecoModel, state: LoopState, tracker: Tracker, config: dict, ctx: dict) -> None:
+def _stream(config: dict[str, Any], t: TrainConfig, rank: int, world: int, shuffle_buffer: int,
+            transform: ImageTransform) -> SampleStream:
+    """This rank's fixed shard (materialized data) or its Ray Train split (streaming data)."""
+    import ray.train
+
+    shards = config.get("train_shards")
+    if shards is not None and len(shards) != world:
+        raise ValueError(f"the driver split the training data into {len(shards)} shards for {world} workers")
+    shard = shards[rank] if shards is not None else ray.train.get_dataset_shard("train")
+    return SampleStream(shard, exact=shards is not None, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
+                        shuffle_buffer=shuffle_buffer,
+                        collate_fn=collate_fn(transform, keep_keys=bool(config.get("sample_log"))))
+
+
+def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, config: dict,
+                 ctx: dict) -> None:
     """Validation loss, consolidated export (rank 0), final checkpoint + report from every rank."""
     import ray.train
 
@@ -276,19 +320,20 @@ def finish_stage(engine, model: DecoModel, state: LoopState, tracker: Tracker, c
         engine.eval()
         batches = (
             {k: v.to(engine.device) for k, v in b.items()}
-            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=_collate_fn(ctx["transform"]))
+            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=collate_fn(ctx["transform"]))
         )
         metrics["val_loss"] = mean_token_loss(engine, batches)
         log.info("validation loss %.4f", metrics["val_loss"])
-        tracker.log_metrics({"val/loss": metrics["val_loss"]}, step=state.step)
+        tracker.add({"val/loss": metrics["val_loss"]}, step=state.step)
     ctx["clock"].mark("val_done")
     state_dict = consolidated_state_dict(engine, model, ctx["rank"])
     if config["stage_template"] != "plain":
         model.cfg.chat_template = config["stage_template"]  # the export is prompted the way it was tuned
     if ctx["rank"] == 0:
         export_model(model, state_dict, config["output_uri"], config.get("storage"))
-        tracker.set_tags({"deco.output_uri": config["output_uri"]})
-        tracker.log_metrics({"train/final_loss": metrics["loss"]}, step=state.step)
+        tracker.tracker.set_tags({"deco.output_uri": config["output_uri"]})
+        tracker.add({"train/final_loss": metrics["loss"]}, step=state.step)
     ctx["clock"].mark("export_done")
-    save_and_report(engine, state, {**metrics, **ctx["clock"].as_metrics()})
-    tracker.finish(status=None)
+    save_and_report(engine, state, {**metrics, **ctx["clock"].as_metrics()}, ctx["rank"])
+    tracker.commit()
+    tracker.tracker.finish(status=None)

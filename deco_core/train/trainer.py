@@ -24,8 +24,11 @@ from deco_core.model.projectors import build_projector
 from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
 from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, resolve_tracking_uri
+from deco_core.train.deepspeed import build_ds_config
+from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
 from deco_core.train.loop import train_loop_per_worker
 from deco_core.train.progress import PhaseClock, durations, get_board, show_progress
+from deco_core.train.stream import split_for_workers
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,13 @@ def plan_steps(t: TrainConfig, num_samples: int) -> int:
 
 def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], output_uri: str, run_name: str,
               storage_path: str, val_uri: str | None = None, parent_run_id: str | None = None,
-              tracking: bool = True) -> StageResult:
-    """Train one stage on a Ray cluster (``ray.init`` must have been called) and export the model."""
+              tracking: bool = True, sample_log: str | None = None) -> StageResult:
+    """Train one stage on a Ray cluster (``ray.init`` must have been called) and export the model.
+
+    With ``data.preprocess_ahead`` the materialized data is split here into one fixed shard per worker and each
+    epoch is read in a seeded order, so a resumed stage replays the exact sample stream (``stream.py``).
+    ``sample_log``: a path prefix; each rank then appends the sample keys of every micro-batch there."""
+    import ray
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -116,12 +124,23 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     spec = preprocess_spec(cfg, t.template, tokenizer)
     counter = get_quality_counter(run_name)  # the driver holds the handle: the actor lives as long as the stage
     storage = cfg.data.storage
+    build_ds_config(t, t.num_workers, t.use_gpu)  # batch layout errors end the stage here, before any worker
+    exact = cfg.data.preprocess_ahead
+    # exact replay needs a fixed row order: manifest order in, order kept through the parallel preprocessing
     train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
-                                      cfg.data.preprocess_cpus, t.samples_per_epoch, tasks=cfg.data.preprocess_ahead)
-    if cfg.data.preprocess_ahead:
+                                      cfg.data.preprocess_cpus, t.samples_per_epoch, shuffle=not exact, tasks=exact)
+    shards = None
+    if exact:
+        train_ds.context.execution_options.preserve_order = True
         train_ds = train_ds.materialize()  # every sample preprocessed once; the epochs re-read these blocks
+        check_quality(ray.get(counter.snapshot.remote()), cfg.data.max_bad_fraction)  # all of it is counted now
+        shards = split_for_workers(train_ds, t.num_workers)
+        n_train = sum(s.count() for s in shards)
         clock.mark("preprocessed")
-    datasets = {"train": train_ds}
+    else:
+        log.warning("stage %s streams its data (data.preprocess_ahead=false): a resumed stage re-reads its epoch "
+                    "in a new order, it does not replay the exact sample stream", stage)
+    datasets = {} if exact else {"train": train_ds}
     if val_uri:
         datasets["val"] = validation_dataset(val_uri, spec, storage)
     total_steps = plan_steps(t, n_train)
@@ -135,7 +154,8 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         "cfg": to_dict(cfg), "stage": stage, "stage_template": t.template, "run_name": run_name, "tokenizer": tokenizer, "total_steps": total_steps,
         "output_uri": _abs_storage(output_uri), "tracking_uri": tracking_uri, "run_id": run_id,
         "system_metrics": cfg.tracking.system_metrics, "counter_name": run_name, "storage": storage,
-        "has_val": bool(val_uri), "val_batch_size": t.micro_batch_size,
+        "has_val": bool(val_uri), "val_batch_size": t.micro_batch_size, "train_shards": shards,
+        "sample_log": sample_log, "fatal_uri": fatal_uri(storage_path, run_name),
         "fault_marker": os.path.join(storage_path, run_name, ".fault_injected")
         if t.fail_at_step is not None and "://" not in storage_path else None,
     }
@@ -151,14 +171,16 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
                              logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
                              failure_config=FailureConfig(max_failures=t.max_failures)),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
     )
+    clear_fatal(loop_config["fatal_uri"], storage)
     board = get_board(run_name)  # held by the driver for the stage; rank 0 posts its progress there
     clock.mark("fit_start")
     with show_progress(board, stage, total_steps):
         result = trainer.fit()
     clock.mark("fit_end")
+    raise_recorded(loop_config["fatal_uri"], storage, cause=getattr(result, "error", None))
     if getattr(result, "error", None):
         raise result.error
     counts = ray.get(counter.snapshot.remote())

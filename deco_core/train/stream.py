@@ -1,0 +1,110 @@
+"""The training sample stream of one worker, deterministic and resumable when the data is materialized.
+
+Ray Data iterators cannot resume, so the order is made ours: the driver splits the materialized dataset into
+one equal shard per rank (``split_for_workers``: a fixed assignment of rows to ranks), and each epoch of a
+shard is read in an order derived only from (stage seed, epoch, rank): a seeded block order plus a seeded local
+shuffle. A resumed worker rebuilds the same epoch order and skips the micro-batches the checkpoint says were
+consumed, so the stream continues exactly where it stopped — given the same world size, micro-batch size and
+shards. Streaming data (``data.preprocess_ahead: false``) keeps Ray Data's dynamic split: a resumed stage there
+re-reads its epoch from the start in a new order (logged as a warning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from deco_core.data.ray_data import collate
+from deco_core.data.transforms import ImageTransform
+
+log = logging.getLogger(__name__)
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 31-bit seed from its parts, identical in every process (unlike ``hash``)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def split_for_workers(ds, world: int) -> list:
+    """A materialized dataset -> ``world`` equal shards (the remainder dropped), in a fixed row order."""
+    shards = ds.split(world, equal=True)
+    return [s.materialize() for s in shards]
+
+
+class SampleStream:
+    """Micro-batches of one worker for a given epoch; ``exact`` when the shard is a fixed dataset."""
+
+    def __init__(self, shard: Any, *, exact: bool, seed: int, rank: int, micro_batch: int, shuffle_buffer: int,
+                 collate_fn: Any) -> None:
+        self.shard, self.exact, self.seed, self.rank = shard, exact, seed, rank
+        self.micro_batch, self.shuffle_buffer, self.collate_fn = micro_batch, shuffle_buffer, collate_fn
+
+    def rows(self) -> int:
+        return self.shard.count() if self.exact else 0
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
+        """The epoch's micro-batches after the first ``skip`` (a resumed epoch)."""
+        seed = derived_seed(self.seed, epoch, self.rank)
+        source = self.shard
+        if self.exact:
+            from ray.data import RandomSeedConfig
+
+            source = self.shard.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=False))
+        elif skip:
+            log.warning("streaming data (data.preprocess_ahead=false) cannot replay its order: the resumed epoch %d "
+                        "is read again from its start in a new order", epoch)
+            skip = 0
+        batches = iter(source.iter_torch_batches(batch_size=self.micro_batch, collate_fn=self.collate_fn,
+                                                 drop_last=True, local_shuffle_buffer_size=self.shuffle_buffer or None,
+                                                 local_shuffle_seed=seed, prefetch_batches=2))
+        for _ in range(skip):
+            if next(batches, None) is None:
+                return
+        yield from batches
+
+
+def collate_fn(transform: ImageTransform, keep_keys: bool = False):
+    """``ray_data.collate`` as the callable class Ray Data expects (a plain function is deprecated there);
+    ``keep_keys`` adds the batch's sample keys (numpy) for the sample ledger."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> dict:
+            out = collate(batch, transform)
+            if keep_keys and "key" in batch:
+                out["keys"] = batch["key"]
+            return out
+
+    return Collate()
+
+
+class SampleLedger:
+    """Optional record of the sample keys of every micro-batch (one JSON line each), for audits and tests."""
+
+    def __init__(self, path: str | None, rank: int) -> None:
+        self.path = Path(f"{path}.rank{rank}.jsonl") if path else None
+        self.rank = rank
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, step: int, epoch: int, micro: int, keys: Any) -> None:
+        if self.path is None or keys is None:
+            return
+        line = {"rank": self.rank, "step": step, "epoch": epoch, "micro": micro, "keys": [str(k) for k in keys]}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def read_ledger(path: str, world: int) -> dict[tuple[int, int, int], list[str]]:
+    """{(rank, step, micro): keys} as the run finally saw it: a replayed micro-batch replaces the earlier one."""
+    out: dict[tuple[int, int, int], list[str]] = {}
+    for rank in range(world):
+        for line in Path(f"{path}.rank{rank}.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            out[(d["rank"], d["step"], d["micro"])] = d["keys"]
+    return out
