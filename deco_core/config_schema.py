@@ -131,7 +131,7 @@ class TrainConfig:
     max_failures: int = ranged(0, ge=-1, note="-1 = retry without limit")
     seed: int = ranged(0, ge=0)
     log_every: int = ranged(5, ge=1)
-    fail_at_step: int | None = ranged(None, ge=1)  # fault injection for tests: rank 1 dies once at this step
+    fail_at_step: int | None = ranged(None, ge=1)  # fault injection for tests: the last rank is SIGKILLed at this step, first attempt only
     init_from: str | None = None  # URI of an exported model to start from
     output_uri: str | None = None  # where the exported model goes (default: <run root>/<stage>/model)
 
