@@ -2,7 +2,8 @@
 of every s3:// location in the config, and a Ray cluster address, each with a short timeout. The first service
 that does not answer fails the run at once with ServiceUnreachable: one line naming the service, its endpoint
 (never a credential) and the setting to change. An HTTP answer of any status counts as reachable (auth is the
-client's business); for S3, a missing bucket or missing credentials fail too, a denied HeadBucket does not.
+client's business); for S3 (probed unsigned: no credential is sent) a missing bucket fails too, a denied
+HeadBucket does not.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ class Unreachable:
     endpoint: str
     reason: str
     setting: str
+    action: str = "start it or change"
 
     def line(self) -> str:
-        return redact(f"cannot reach the {self.service} at {self.endpoint} ({self.reason}): start it or change "
+        return redact(f"cannot reach the {self.service} at {self.endpoint} ({self.reason}): {self.action} "
                       f"{self.setting}")
 
 
@@ -83,19 +85,18 @@ def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | N
 
 
 def probe_bucket(bucket: str, storage: StorageConfig, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None when the S3 endpoint answers HeadBucket for ``bucket`` (or denies it), else the reason."""
+    """None when the S3 endpoint answers an unsigned HeadBucket for ``bucket`` (or denies it), else the reason."""
     import botocore.session
     from botocore import UNSIGNED, exceptions
     from botocore.config import Config as BotoConfig
 
+    # Unsigned: the probe sends no credential; a private bucket answers 403 (reachable), a missing one 404.
     config = BotoConfig(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1},
-                        **({"signature_version": UNSIGNED} if storage.anon else {}))
+                        signature_version=UNSIGNED)
     client = botocore.session.get_session().create_client(
         "s3", endpoint_url=storage.resolved_endpoint(), region_name=storage.resolved_region(), config=config)
     try:
         client.head_bucket(Bucket=bucket)
-    except exceptions.NoCredentialsError:
-        return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or data.storage.anon=true"
     except (exceptions.EndpointConnectionError, exceptions.ConnectTimeoutError, exceptions.ReadTimeoutError) as exc:
         return f"no answer within {timeout:g}s" if "timeout" in type(exc).__name__.lower() else "connection refused"
     except exceptions.ClientError as exc:
@@ -133,8 +134,11 @@ def storage_problems(cfg: Config, timeout: float = PROBE_TIMEOUT_S) -> Iterator[
     for bucket, key in buckets.items():
         reason = probe_bucket(bucket, storage, timeout)
         if reason:
-            setting = key if "bucket" in reason else f"{_endpoint_setting(storage)} (or {key})"
-            yield Unreachable(f"S3 endpoint for bucket {bucket} ({key})", endpoint, reason, setting)
+            service = f"S3 endpoint for bucket {bucket} ({key})"
+            if "does not exist" in reason:
+                yield Unreachable(service, endpoint, reason, key, "create the bucket or change")
+            else:
+                yield Unreachable(service, endpoint, reason, f"{_endpoint_setting(storage)} (or {key})")
             return  # one endpoint: the other buckets would say the same
 
 

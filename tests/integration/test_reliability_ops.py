@@ -222,3 +222,16 @@ def test_an_s3_root_lock_is_a_conditional_put(s3_server, s3_bucket):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_s3_probe_passes_an_existing_bucket_and_names_a_missing_one(s3_server, s3_bucket):
+    """Against a real endpoint: the unsigned probe finds the bucket; a missing bucket is named with its key."""
+    from pipelines.probe import ServiceUnreachable, probe_services
+
+    ok = compose("pipeline/tiny", [f"pipeline.root={s3_bucket}/run", f"data.storage.endpoint_url={s3_server.endpoint_url}"])
+    probe_services(ok, None)
+    missing = compose("pipeline/tiny", ["pipeline.root=s3://no-such-bucket-relops/run",
+                                        f"data.storage.endpoint_url={s3_server.endpoint_url}"])
+    with pytest.raises(ServiceUnreachable, match=r"bucket 'no-such-bucket-relops' does not exist there\): create the "
+                                                 r"bucket or change pipeline.root$"):
+        probe_services(missing, None)
