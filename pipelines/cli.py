@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import typer
 from rich.console import Console
@@ -14,6 +16,20 @@ pipeline_app = typer.Typer(help="The stage DAG: run, inspect, submit to a cluste
 train_app = typer.Typer(help="Run one training stage (and any upstream stage not done yet).", no_args_is_help=True)
 CONFIG_OPT = typer.Option("conf/pipeline/tiny.yaml", "--config", "-c", help="Pipeline config file or conf ref.")
 OVERRIDES = typer.Argument(None, help="Overrides such as finetune.max_steps=200 or model.projector=qformer.")
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A held root, an unreachable service or a refused submission ends the command with its one-line message."""
+    from pipelines.lock import RootLocked
+    from pipelines.probe import ServiceUnreachable
+    from pipelines.submit import SubmitError
+
+    try:
+        yield
+    except (RootLocked, ServiceUnreachable, SubmitError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(3) from None
 
 
 def _compose(config: str, overrides: list[str] | None):
@@ -49,21 +65,26 @@ def run(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
 
     cfg = _compose(config, overrides)
     wf = Workflow(cfg)
-    reports = wf.run(only=stages.split(",") if stages else None, force=force)
+    with one_line_errors():
+        reports = wf.run(only=stages.split(",") if stages else None, force=force)
     console.print(results_table(reports))
     _where_to_look(cfg, wf)
 
 
 @pipeline_app.command("status")
 def status(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) -> None:
-    """Show each stage's state (done / stale / failed / running / pending) and its outputs."""
+    """Show each stage's state (done / stale / failed / running / interrupted / pending) and its outputs."""
+    from pipelines.probe import ServiceUnreachable, storage_problems
     from pipelines.workflow import Workflow
 
     wf = Workflow(_compose(config, overrides))
+    with one_line_errors():
+        for problem in storage_problems(wf.cfg):
+            raise ServiceUnreachable(problem.line())
     table = Table(title=f"pipeline {wf.cfg.pipeline.name} ({wf.cfg.pipeline.root})")
     for col in ("stage", "state", "fingerprint", "outputs"):
         table.add_column(col)
-    colours = {"done": "green", "stale": "yellow", "failed": "red", "running": "cyan"}
+    colours = {"done": "green", "stale": "yellow", "failed": "red", "running": "cyan", "interrupted": "magenta"}
     for row in wf.status():
         outs = "\n".join(f"{k}={v}" for k, v in row["outputs"].items() if isinstance(v, str) and "/" in v)
         c = colours.get(row["status"], "white")
@@ -80,8 +101,9 @@ def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
     from pipelines.submit import submit_pipeline
 
     cfg = _compose(config, overrides)
-    jobs = submit_pipeline(address, config, overrides or [], stages.split(",") if stages else cfg.pipeline.stages,
-                           wait=wait)
+    with one_line_errors():
+        jobs = submit_pipeline(address, config, overrides or [],
+                               stages.split(",") if stages else cfg.pipeline.stages, wait=wait)
     table = Table(title=f"jobs on {address}")
     for col in ("stage", "job id", "status"):
         table.add_column(col)
@@ -98,7 +120,8 @@ def _train(stage: str, config: str, overrides: list[str] | None) -> None:
     cfg = _compose(config, overrides)
     upstream = {"pretrain": ["prepare_data", "pretrain"], "finetune": ["prepare_data", "pretrain", "finetune"]}
     wf = Workflow(cfg)
-    reports = wf.run(only=upstream[stage])
+    with one_line_errors():
+        reports = wf.run(only=upstream[stage])
     out = reports[-1].outputs
     t = getattr(cfg, stage)
     table = Table(title=f"{stage} summary")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from deco_core.config import Config
 
@@ -60,17 +62,60 @@ def ray_data_logging_config(console_level: str) -> str:
     return path
 
 
-def worker_env(cfg: Config) -> dict[str, str]:
-    """Environment for Ray workers: CPU DeepSpeed unless training on GPUs; secrets pass through from the env."""
+#: The client settings a cluster's jobs and workers may receive from this process: where the services are, never
+#: how to log in to them. Credentials reach a cluster's pods from their own environment (a Kubernetes Secret, see
+#: infra/k8s); a local Ray's workers inherit the driver's environment. A runtime env is written to Ray's logs.
+PASSTHROUGH_ENV = {
+    "AWS_ENDPOINT_URL": "S3 endpoint",
+    "AWS_ENDPOINT_URL_S3": "S3 endpoint (S3 only)",
+    "AWS_DEFAULT_REGION": "S3 region",
+    "AWS_REGION": "S3 region",
+    "MLFLOW_TRACKING_URI": "tracking server",
+    "MLFLOW_S3_ENDPOINT_URL": "artifact store endpoint",
+}
+
+
+def passthrough_env(environ: Mapping[str, str] | None = None, names: Iterable[str] = PASSTHROUGH_ENV) -> dict[str, str]:
+    """The variables ``names`` (default PASSTHROUGH_ENV) set in ``environ`` (default: this process); a URL holding a
+    password is left out with a warning naming the variable."""
+    from deco_core.data.storage import has_url_password
+
+    env = os.environ if environ is None else environ
+    out = {}
+    for name in names:
+        if not env.get(name):
+            continue
+        if has_url_password(env[name]):
+            log.warning("%s holds a URL with a password: not sent to Ray; give the cluster its own value", name)
+            continue
+        out[name] = env[name]
+    return out
+
+
+def check_no_secrets(env_vars: Mapping[str, Any], where: str) -> None:
+    """Refuse credential-named variables (AWS_SECRET_ACCESS_KEY, *_TOKEN, ...) in a runtime env."""
+    from deco_core.config import ConfigError
+    from deco_core.data.storage import is_secret_name
+
+    secret = sorted(k for k in env_vars if is_secret_name(k))
+    if secret:
+        raise ConfigError(f"{where} sets {', '.join(secret)}: credentials never travel in a Ray runtime env (Ray "
+                          "writes it to its logs); give the workers their own environment (a Kubernetes Secret on "
+                          "a cluster, the driver's environment for a local Ray)")
+
+
+def worker_env(cfg: Config, cluster: bool = False) -> dict[str, str]:
+    """Environment for Ray workers: CPU DeepSpeed unless training on GPUs; on a cluster also the service
+    locations (PASSTHROUGH_ENV). Never a credential: local workers inherit them, a cluster's pods hold their own."""
     env = dict(WORKER_ENV)
     if cfg.pretrain.use_gpu or cfg.finetune.use_gpu:
         env.pop("DS_ACCELERATOR")
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "4")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                 "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    env.update({k: str(v) for k, v in cfg.ray.runtime_env.get("env_vars", {}).items()})
+    if cluster:
+        env.update(passthrough_env())
+    configured = cfg.ray.runtime_env.get("env_vars", {})
+    check_no_secrets(configured, "config key 'ray.runtime_env.env_vars'")
+    env.update({k: str(v) for k, v in configured.items()})
     return env
 
 
@@ -82,8 +127,8 @@ def ensure_ray(cfg: Config) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if ray.is_initialized():
         return
-    env = worker_env(cfg)
     in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
+    env = worker_env(cfg, cluster=bool(cfg.ray.address or in_job))
     if cfg.ray.address or in_job:
         # Inside a submitted job the job's runtime_env already applies; merging another one is refused.
         ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS", "auto"),

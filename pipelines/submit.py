@@ -9,21 +9,23 @@ first failure; without it the stages go out as one job that runs them in sequenc
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deco_core.config import CONF_DIR, PipelineConfig
+from pipelines.probe import ray_problem
+from pipelines.runtime import PASSTHROUGH_ENV, check_no_secrets, passthrough_env
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", "runs", "mlruns*", ".services", "*.db", "tests",
             "__pycache__", ".pytest_cache", ".ruff_cache"]
-ENV_PREFIXES = ("AWS_", "MLFLOW_")
+#: Sent to every job besides the service locations (runtime.PASSTHROUGH_ENV); never a credential.
 ENV_NAMES = ("DS_ACCELERATOR", "RAY_DATA_DISABLE_PROGRESS_BARS")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 POLL_S = 2.0
@@ -45,19 +47,28 @@ class SubmittedJob:
     message: str = ""
 
 
-def passthrough_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """AWS_* / MLFLOW_* / DS_ACCELERATOR / RAY_DATA_DISABLE_PROGRESS_BARS from the client's environment."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if v and (k.startswith(ENV_PREFIXES) or k in ENV_NAMES)}
+def job_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a job receives from the client's environment: the service locations (S3 endpoint and region, MLflow
+    tracking URI: runtime.PASSTHROUGH_ENV) and ENV_NAMES. Never a credential (access keys, secret keys, tokens,
+    passwords): the cluster's pods read those from their own environment (a Kubernetes Secret, infra/k8s)."""
+    return passthrough_env(environ, (*PASSTHROUGH_ENV, *ENV_NAMES))
 
 
 def job_runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The repository as working_dir (without venv, VCS, run outputs, databases, tests) plus pass-through env.
+    """The repository as working_dir (without venv, VCS, run outputs, databases, tests) plus ``job_env()``.
 
-    ``extra`` is merged on top; its ``env_vars`` extend (and win over) the pass-through ones.
+    ``extra`` is merged on top; its ``env_vars`` extend (and win over) the pass-through ones, and may not name a
+    credential (SubmitError).
     """
+    from deco_core.config import ConfigError
+
     extra = dict(extra or {})
-    env_vars = {**passthrough_env(), **{k: str(v) for k, v in extra.pop("env_vars", {}).items()}}
+    extra_env = {k: str(v) for k, v in extra.pop("env_vars", {}).items()}
+    try:
+        check_no_secrets(extra_env, "the job's runtime_env env_vars")
+    except ConfigError as exc:
+        raise SubmitError(str(exc)) from None
+    env_vars = {**job_env(), **extra_env}
     return {"working_dir": str(REPO_ROOT), "excludes": list(EXCLUDES), "env_vars": env_vars, **extra}
 
 
@@ -116,6 +127,10 @@ def submit_pipeline(address: str, config: str, overrides: list[str], stages: lis
     if unknown or not stages:
         raise SubmitError(f"stages {stages}: expected a non-empty list among {valid}")
     cfg_arg = config_argument(config)
+    problem = ray_problem(address if "://" in address else f"http://{address}", setting="--address",
+                          service="Ray Jobs API")
+    if problem:
+        raise SubmitError(problem.line())
     client = connect(address)
     env = job_runtime_env(runtime_env)
     log.info("submitting %s to %s (env passed through: %s)", ", ".join(stages), address,

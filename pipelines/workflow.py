@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,6 +24,9 @@ from typing import Any
 from deco_core.config import Config, to_dict
 from deco_core.data.storage import get_filesystem, join_uri
 from deco_core.tracking import get_or_create_run, log_headline_metrics, log_key_settings, resolve_tracking_uri
+from pipelines.liveness import Heartbeat, Owner, owner_alive
+from pipelines.lock import RootLock
+from pipelines.recovery import recover_interrupted
 
 log = logging.getLogger(__name__)
 PACKAGE_DIRS = ("deco_core", "pipelines")
@@ -105,11 +110,14 @@ def fingerprints(cfg: Config, stages: dict[str, StageSpec]) -> dict[str, str]:
 
 
 class StateStore:
-    """``<root>/workflow/state.json``: stage -> {fingerprint, status, outputs, times, run ids}."""
+    """``<root>/workflow/state.json``: ``stages``: stage -> {fingerprint, status, outputs, times, run ids, owner,
+    heartbeat}; ``workflow``: the current (or last) run's parent MLflow run, owner and end. Writes from one process
+    (the run and its heartbeat thread) are serialised; the root lock keeps other processes out."""
 
     def __init__(self, root: str, storage=None) -> None:
         self.uri = join_uri(root, "workflow", "state.json")
         self.fs, self.path = get_filesystem(self.uri, storage)
+        self.mutex = threading.RLock()
 
     def load(self) -> dict[str, Any]:
         if not self.fs.exists(self.path):
@@ -125,10 +133,35 @@ class StateStore:
         self.fs.mv(tmp, self.path)
 
     def update(self, stage: str, **fields: Any) -> dict[str, Any]:
-        state = self.load()
-        state["stages"].setdefault(stage, {}).update(fields)
-        self.save(state)
-        return state
+        with self.mutex:
+            state = self.load()
+            state["stages"].setdefault(stage, {}).update(fields)
+            self.save(state)
+            return state
+
+    def replace(self, stage: str, record: dict[str, Any]) -> None:
+        """A fresh record for ``stage``: nothing of an earlier run's (outputs, times) is kept."""
+        with self.mutex:
+            state = self.load()
+            state["stages"][stage] = record
+            self.save(state)
+
+    def set_workflow(self, **fields: Any) -> None:
+        with self.mutex:
+            state = self.load()
+            state.setdefault("workflow", {}).update(fields)
+            self.save(state)
+
+    def beat(self, owner: Owner) -> None:
+        """Refresh the heartbeat of every running record ``owner`` holds."""
+        with self.mutex:
+            state = self.load()
+            mine = [r for r in state["stages"].values()
+                    if r.get("status") == "running" and owner.same_process(Owner.from_dict(r.get("owner")))]
+            for rec in mine:
+                rec["heartbeat"] = time.time()
+            if mine:
+                self.save(state)
 
 
 @dataclass
@@ -151,17 +184,20 @@ class Workflow:
         self.tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
 
     def status(self) -> list[dict[str, Any]]:
-        """One row per stage: state (done / stale / failed / pending), fingerprint and outputs."""
+        """One row per stage: state (done / stale / failed / running / interrupted / pending), fingerprint and
+        outputs (a completed record's only). A running record whose owner is gone reads "interrupted"."""
         state = self.load_state()
         rows = []
         for name in self.stages:
             rec = state["stages"].get(name, {})
-            if rec.get("status") == "completed":
+            status = rec.get("status", "pending")
+            if status == "completed":
                 status = "done" if rec.get("fingerprint") == self.fps[name] else "stale"
-            else:
-                status = rec.get("status", "pending")
+            elif status == "running" and not owner_alive(Owner.from_dict(rec.get("owner")), rec.get("heartbeat")):
+                status = "interrupted"
             rows.append({"stage": name, "status": status, "fingerprint": self.fps[name][:10],
-                         "outputs": rec.get("outputs", {}), "finished": rec.get("finished")})
+                         "outputs": rec.get("outputs", {}) if rec.get("status") == "completed" else {},
+                         "finished": rec.get("finished")})
         return rows
 
     def load_state(self) -> dict[str, Any]:
@@ -172,21 +208,46 @@ class Workflow:
         return rec.get("status") == "completed" and rec.get("fingerprint") == self.fps[name]
 
     def run(self, only: list[str] | None = None, force: bool = False) -> list[StageReport]:
-        """Run stages in order; skip completed ones unless ``force``; returns one report per stage."""
+        """Run stages in order; skip completed ones unless ``force``; returns one report per stage.
+
+        First every configured service is probed (probe.ServiceUnreachable) and the root's run lock taken
+        (lock.RootLocked); what a run that is gone left running is marked interrupted (MLflow: KILLED); a
+        heartbeat thread refreshes the lock and the running stage's record until the run ends."""
+        from pipelines.probe import probe_services
+
         selected = [s for s in self.stages if only is None or s in only]
         unknown = set(only or []) - set(self.stages)
         if unknown:
             raise KeyError(f"unknown stage(s) {sorted(unknown)}; valid: {', '.join(self.stages)}")
+        probe_services(self.cfg, self.tracking_uri)
+        with RootLock(self.cfg.pipeline.root, self.cfg.data.storage) as lock:
+            self.owner = lock.owner
+            heartbeat = Heartbeat(lambda: self._beat(lock)).start()
+            try:
+                recover_interrupted(self.store, self.owner, self._client())
+                return self._run_locked(selected, force)
+            finally:
+                heartbeat.stop()
+
+    def _beat(self, lock: RootLock) -> None:
+        lock.refresh()
+        self.store.beat(lock.owner)
+
+    def _run_locked(self, selected: list[str], force: bool) -> list[StageReport]:
         started_at, t0 = time.time(), time.perf_counter()
         if any(s in RAY_STAGES for s in selected):
             from pipelines.runtime import ensure_ray
 
             ensure_ray(self.cfg)  # one Ray instance for the whole workflow, started before any stage's clock
         parent = get_or_create_run(self.tracking_uri, self.cfg.tracking.experiment,
-                                   f"{self.cfg.pipeline.name}-workflow-{int(time.time())}", self.cfg.pipeline.root,
+                                   f"{self.cfg.pipeline.name}-workflow-{int(time.time())}-{uuid.uuid4().hex[:6]}",
+                                   self.cfg.pipeline.root,
                                    tags={"deco.kind": "workflow", "deco.code_version": code_version()})
+        self.store.set_workflow(parent_run_id=parent, owner=self.owner.to_dict(), started=started_at, finished=None,
+                                status="running")
         log_key_settings(self._client(), parent, self.cfg)
         reports: list[StageReport] = []
+        ok = False
         try:
             for name in selected:
                 report = self._run_one(name, parent, force)
@@ -194,9 +255,10 @@ class Workflow:
                 self._tag_parent(parent, report)
                 if report.status == "failed":
                     break
+            ok = not any(r.status == "failed" for r in reports)
         finally:
-            failed = any(r.status == "failed" for r in reports)
-            self._client().set_terminated(parent, "FAILED" if failed else "FINISHED")
+            self._client().set_terminated(parent, "FINISHED" if ok else "FAILED")
+            self.store.set_workflow(status="finished" if ok else "failed", finished=time.time())
         from pipelines.summary import write_summary
 
         write_summary(self.cfg, reports, time.perf_counter() - t0, started_at)
@@ -230,7 +292,10 @@ class Workflow:
                                    parent_run_id=parent, tags={"deco.stage": name})
         inputs = {d: state["stages"][d].get("outputs", {}) for d in spec.deps if d in state["stages"]}
         ctx = StageContext(self.cfg, name, self.fps[name], inputs, run_name, run_id, parent, self.tracking_uri)
-        self.store.update(name, status="running", fingerprint=self.fps[name], started=time.time(), run_id=run_id)
+        now = time.time()
+        self.store.replace(name, {"status": "running", "fingerprint": self.fps[name], "started": now,
+                                  "heartbeat": now, "run_id": run_id, "parent_run_id": parent,
+                                  "owner": self.owner.to_dict()})
         log.info("stage %-12s running (%s)", name, spec.description)
         started = time.perf_counter()
         try:

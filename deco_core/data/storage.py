@@ -28,7 +28,7 @@ T = TypeVar("T")
 ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 #: Name parts (split on "_") that mark an environment variable as holding a secret.
 _SECRET_NAME_PARTS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIALS"}
-_SECRET_NAME_SUFFIXES = ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY")
+_SECRET_NAME_SUFFIXES = ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY", "ACCESS_KEY_ID")
 #: Secrets shorter than this are not redacted (they would mangle ordinary text); real keys are long.
 _MIN_SECRET_LEN = 4
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
@@ -157,12 +157,21 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *clean])
 
 
+def is_secret_name(name: str) -> bool:
+    """True for an environment variable name that holds a credential (AWS_ACCESS_KEY_ID, *_SECRET_*, *_TOKEN,
+    *_PASSWORD, ...): its value is redacted from messages and never sent in a Ray runtime env."""
+    upper = name.upper()
+    return bool(set(upper.split("_")) & _SECRET_NAME_PARTS) or upper.endswith(_SECRET_NAME_SUFFIXES)
+
+
+def has_url_password(text: str) -> bool:
+    """True when ``text`` holds a URL with a password (``scheme://user:password@host``)."""
+    return bool(_URL_PASSWORD.search(text))
+
+
 def _secret_values(extra: Iterable[str] = ()) -> list[str]:
     values = list(extra)
-    for name, value in os.environ.items():
-        upper = name.upper()
-        if set(upper.split("_")) & _SECRET_NAME_PARTS or upper.endswith(_SECRET_NAME_SUFFIXES):
-            values.append(value)
+    values += [value for name, value in os.environ.items() if is_secret_name(name)]
     # Longest first, so a secret that contains another is replaced whole.
     return sorted({v for v in values if v and len(v) >= _MIN_SECRET_LEN}, key=len, reverse=True)
 
