@@ -117,7 +117,7 @@ def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: Mlflow
     """prepare_data submitted as a Ray Job succeeds, writes its shards under pipeline.root and logs its stage run."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "deco-secret-value-xyz")  # passed through, never logged
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "deco-secret-value-xyz")  # a secret: never sent to the job, never logged
     root = tmp_path / "root"
     overrides = [f"pipeline.root={root}", "data.caption_samples=64", "data.instruct_samples=64", "data.format_samples=64",
                  "data.eval_samples=64", f"tracking.tracking_uri={mlflow_server.uri}",
@@ -131,7 +131,7 @@ def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: Mlflow
     shards = list(root.glob("prepare_data/*/shards/**/*.tar"))
     assert shards and list(root.glob("prepare_data/*/shards/**/manifest.parquet"))
     assert "[prepare_data]" in caplog.text  # the job's log was streamed
-    assert "deco-secret-value-xyz" not in caplog.text and "MLFLOW_TRACKING_TOKEN" in caplog.text
+    assert "deco-secret-value-xyz" not in caplog.text and "MLFLOW_TRACKING_TOKEN" not in caplog.text
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("submit-test")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`deco.stage` = 'prepare_data'")
