@@ -3,7 +3,9 @@
 Projected image features are written into the LLM's input embeddings at the image-token positions. The number
 of image-token positions must equal (#images × projector tokens) or a ValueError names both counts.
 Also: the per-stage freeze step, greedy generation with KV cache, and save/load in a self-contained directory
-(config JSON + safetensors + tokenizer + image processor) that needs neither Ray nor DeepSpeed.
+(config JSON + safetensors + tokenizer + image processor) that needs neither Ray nor DeepSpeed. The directory
+also holds an HF ``config.json`` (``model_type: "deco"``); importing this module registers it with transformers'
+auto classes, so ``AutoModelForImageTextToText.from_pretrained(dir)`` returns a DecoModel (deco_core.model.hf).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 
 from deco_core.config import ConfigError, ModelConfig, to_dict
+from deco_core.model.hf import hf_config, register_auto_classes
 from deco_core.model.llm import build_llm, llm_from_hf_config
 from deco_core.model.projectors import ProjectorConfig, build_projector
 from deco_core.model.tokenizer import ensure_special_tokens, image_token_id, load_tokenizer
@@ -173,14 +176,21 @@ class DecoModel(nn.Module):
             "num_image_tokens": self.num_image_tokens,
         }
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        hf_config(meta).save_pretrained(out)  # config.json, model_type "deco": AutoModelForImageTextToText
         save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(out / "tokenizer")
         self.image_processor().save_pretrained(out / "image_processor")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> DecoModel:
+    def from_pretrained(cls, path: str | os.PathLike, trust_remote_code: bool = False, **hf_kwargs: Any) -> DecoModel:
         """Load a directory written by ``save_pretrained`` (no Ray, no DeepSpeed, no network), or the MLflow pyfunc
-        directory of a registered version (the export sits under its ``artifacts/export``)."""
+        directory of a registered version (the export sits under its ``artifacts/export``).
+
+        ``hf_kwargs`` are what ``AutoModelForImageTextToText.from_pretrained`` passes on (``config``, hub options);
+        the directory's own files decide everything, so they are not used.
+        """
+        if hf_kwargs:
+            log.debug("from_pretrained(%s): ignoring %s", path, sorted(hf_kwargs))
         root = _export_root(Path(path))
         if not (root / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{root}: not an exported DeCo model (missing {CONFIG_FILE})")
@@ -190,7 +200,7 @@ class DecoModel(nn.Module):
         vision = vision_tower_from_hf_config(CLIPVisionConfig(**_strip(meta["vision_config"])),
                                              meta["vision_select_layer"])
         llm = llm_from_hf_config(_strip(meta["llm_config"]), cfg.llm.attn_implementation,
-                                 trust_remote_code=trust_remote_code)
+                                 trust_remote_code=bool(trust_remote_code))
         projector = build_projector(cfg.projector, vision.hidden_size, llm.config.hidden_size, vision.num_patches)
         model = cls(cfg, vision, projector, llm, tokenizer)
         missing, unexpected = model.load_state_dict(load_file(str(root / WEIGHTS_FILE)), strict=False)
@@ -245,5 +255,7 @@ def _model_from_dict(data: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"{CONFIG_FILE}: key 'deco_config.{getattr(exc, 'full_key', '?')}': "
                           f"{str(exc).splitlines()[0]}") from None
 
+
+register_auto_classes()
 
 __all__ = ["DecoModel", "ProjectorConfig", "STAGE_TRAINABLE"]

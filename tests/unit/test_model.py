@@ -284,3 +284,32 @@ def test_generate_left_padding_matches_unpadded(deco_model):
     assert out_plain.sequences[0, 0] == out_padded.sequences[0, 0]
     torch.testing.assert_close(out_padded.scores[0], out_plain.scores[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(out_plain.sequences, out_padded.sequences)
+
+
+# --------------------------------------------------------------------------------------- HF auto classes
+def test_auto_model_loads_an_export_with_equal_logits(deco_model, tmp_path):
+    """config.json carries model_type "deco"; AutoModelForImageTextToText.from_pretrained gives our logits."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    import deco_core
+
+    deco_core.register_auto_classes()  # idempotent: importing deco_core.model.deco already did it
+    deco_model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "deco"
+    assert AutoConfig.from_pretrained(tmp_path).num_image_tokens == deco_model.num_image_tokens
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert isinstance(auto, DecoModel)
+    ids = torch.tensor([_image_row(deco_model)])
+    pixels = _pixels(deco_model, 1)
+    with torch.no_grad():
+        assert torch.equal(auto(input_ids=ids, pixel_values=pixels).logits,
+                           deco_model(input_ids=ids, pixel_values=pixels).logits)
+
+
+def test_an_export_without_config_json_still_loads(deco_model, tmp_path):
+    """Exports written before config.json existed (deco_config.json only) load with DecoModel.from_pretrained."""
+    deco_model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    assert DecoModel.from_pretrained(tmp_path).num_image_tokens == deco_model.num_image_tokens
