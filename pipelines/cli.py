@@ -150,6 +150,6 @@ def finetune(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) 
 def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
     app.add_typer(train_app, name="train")
-    from pipelines.retrain import register as register_retrain
+    from pipelines.retrain_cli import register as register_retrain
 
     register_retrain(app)

@@ -2,7 +2,7 @@
 scored on the same frozen eval set, and promotion by registry alias when the challenger wins by a margin.
 
 ``decide`` is the pure rule; ``promote_if_better`` applies it to the registry (aliases, version tags, a
-"retrain-decision" MLflow run); ``retrain`` runs a whole round; ``register`` adds ``deco retrain`` to the CLI.
+"retrain-decision" MLflow run); ``retrain`` runs a whole round (``deco retrain``: pipelines.retrain_cli).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import typer
 
 from deco_core.config import Config, ConfigError, RetrainConfig, TrackingConfig, from_dict, to_dict
 from deco_core.data.storage import get_filesystem, is_remote, join_uri
@@ -244,32 +242,3 @@ def retrain(cfg: Config) -> RetrainDecision:
     after = client.get_registered_model(name).aliases["champion"]
     return RetrainDecision(decision, rc.metric, version, challenger_score, champion_version, champion_score,
                            str(after), rc.margin, rc.higher_is_better, init, rcfg.data.shapes.seed, root, run_id)
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-def register(app: typer.Typer) -> None:
-    """Add ``deco retrain`` to the CLI."""
-
-    @app.command("retrain")
-    def retrain_command(
-        config: str = typer.Option("conf/pipeline/retrain.yaml", "--config", "-c", help="Retrain config."),
-        overrides: list[str] | None = typer.Argument(None, help="Overrides such as retrain.margin=0.02."),
-    ) -> None:
-        """One retraining round: challenger vs champion on a frozen eval set; promote by registry alias."""
-        from rich.console import Console
-        from rich.table import Table
-
-        from deco_core.cli import load_config
-
-        console = Console()
-        try:
-            result = retrain(load_config(config, overrides))
-        except ConfigError as exc:
-            console.print(f"[red]config error:[/red] {exc}")
-            raise typer.Exit(2) from None
-        table = Table(title=f"retrain decision: {result.decision}")
-        table.add_column("field")
-        table.add_column("value")
-        for key, value in asdict(result).items():
-            table.add_row(key, "-" if value is None else str(value))
-        console.print(table)

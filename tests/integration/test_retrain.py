@@ -4,6 +4,7 @@ server with exported tiny models (no training), and one slow end-to-end round of
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from pathlib import Path
 
@@ -169,3 +170,44 @@ def test_cli_retrain_is_registered_and_reports_config_errors(tmp_path: Path) -> 
                                       f"pipeline.root={tmp_path / 'r'}"])
     assert result.exit_code == 2, result.output
     assert "retrain.init" in result.output and not (tmp_path / "r").exists()
+
+
+def test_retrain_status_reads_the_decision_history_from_a_sqlite_store(tmp_path: Path) -> None:
+    """`deco retrain status`: one line and exit 0 while no round ever decided (nothing is created), then the
+    recorded decisions newest first with versions, promotion and margin."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from deco_core.cli import app
+    from deco_core.logs import setup_logging
+    from deco_core.tracking import ensure_experiment
+
+    root = tmp_path / "retrain"
+    args = ["retrain", "status", "--config", "pipeline/retrain", f"pipeline.root={root}"]
+    never = CliRunner().invoke(app, args)
+    assert never.exit_code == 0, never.output
+    assert len(never.output.strip().splitlines()) == 1 and "has never fired" in never.output
+    assert "deco-tiny" in never.output and not root.exists()
+    setup_logging()  # the command bound the loggers to the runner's stream, closed by now
+
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    root.mkdir()
+    client = MlflowClient(uri, registry_uri=uri)
+    ensure_experiment(client, "deco-retrain", root)
+    client.create_registered_model("deco-tiny")
+    versions = [client.create_model_version("deco-tiny", str(tmp_path)).version for _ in range(2)]
+    rc = RetrainConfig(metric="eval/group/localization", margin=0.05)
+    assert promote_if_better(uri, "deco-tiny", versions[0], 0.5, None, rc, experiment="deco-retrain",
+                             root=str(root)) == "bootstrap"
+    assert promote_if_better(uri, "deco-tiny", versions[1], 0.52, 0.5, rc, experiment="deco-retrain",
+                             root=str(root)) == "rejected"
+
+    shown = CliRunner().invoke(app, [*args, "--last", "5"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.strip().splitlines()
+    assert len(lines) == 3 and "newest first" in lines[0]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  ", lines[1]), lines[1]
+    assert lines[1].endswith(f"rejected   challenger v{versions[1]} eval/group/localization=0.52 vs champion "
+                             f"v{versions[0]}=0.5, margin 0.05: not promoted; champion now v{versions[0]}")
+    assert "bootstrap" in lines[2] and "champion none=none" in lines[2] and lines[2].endswith(
+        f": promoted; champion now v{versions[0]}")
