@@ -120,6 +120,9 @@ class TrainConfig:
     epochs: int = ranged(1, ge=1)
     max_steps: int | None = ranged(None, ge=1)
     samples_per_epoch: int | None = ranged(None, ge=1)
+    # 0 = off; K > 0: samples are sorted by length within windows of K micro-batches and each window's micro-batches
+    # are trained in a seeded random order (LLaVA's group_by_length): less padding per step
+    group_by_length: int = ranged(0, ge=0)
     num_workers: int = ranged(2, ge=1)
     cpus_per_worker: float = ranged(0.5, gt=0)
     torch_threads: int = ranged(0, ge=0)  # intra-op threads per worker; 0 = the node's cores split among its workers

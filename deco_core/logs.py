@@ -49,6 +49,13 @@ QUIET_WORKER_LOGGERS = {
     # of identical lines per stage. Its cleanup still works: the controller removes its placement group itself.
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
 }
+# Ray-internal loggers named by their module's file path (``logging.getLogger(__file__)``), silenced the same way.
+# fmt: off
+QUIET_WORKER_FILE_LOGGERS = {
+    # "Reporting training result N: TrainingReport(checkpoint=..., metrics={...})" at INFO on every checkpoint
+    # report, a multi-line dump per checkpoint; the stage summary and MLflow already hold these metrics.
+    "ray.train.v2._internal.execution.context": logging.WARNING,
+}
 # (category, message start) of third-party warnings with nothing for a user to act on.
 QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (FutureWarning, "`torch.distributed.all_gather_into_tensor` is deprecated"),  # raised inside DeepSpeed
@@ -59,10 +66,16 @@ QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
 
 def quiet_ray_worker() -> None:
     """``worker_process_setup_hook`` of our Ray runtime env: apply QUIET_WORKER_LOGGERS and QUIET_WARNINGS."""
+    import importlib.util
     import re
     import warnings
 
     for name, level in QUIET_WORKER_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for module, level in QUIET_WORKER_FILE_LOGGERS.items():
+        top, _, rest = module.partition(".")
+        spec = importlib.util.find_spec(top)  # the package is imported already: nothing else is imported here
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            logging.getLogger(os.path.join(root, *rest.split(".")) + ".py").setLevel(level)
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)

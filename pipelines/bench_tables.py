@@ -67,12 +67,20 @@ def _section_c(c: dict[str, Any]) -> list[str]:
          c["per_core_efficiency"]],
         ["seconds for all samples", r["seconds"], s["seconds"], s["seconds"] / r["seconds"]],
     ]
+    paths = {"tasks": "Ray tasks of 1 CPU (the preprocess-ahead path)",
+             "actor_pool": f"a streaming pool of actors of {c['preprocess_cpus_per_actor']} CPU"}
+    other = c.get("ray_data_actor_pool") or c.get("ray_data_tasks")
+    other_line = ([f"The other path, {paths[other['path']]}: first batch after {fmt(other['first_batch_s'], 2)} s, "
+                   f"{fmt(other['samples_per_s'], 1)} samples/s overall, {fmt(other['steady_samples_per_s'], 1)} "
+                   "after the first batch.", ""] if other else [])
     return [
         "## (c) Ray Data preprocessing vs the single-process floor",
         f"{s['samples']} instruction samples (read, decode, transform, template, tokenise, pad). Ray: local, "
-        f"{fmt(c['ray_logical_cpus'], 0)} logical CPUs on {cores} cores, actors of {c['preprocess_cpus_per_actor']} "
-        f"CPU; first batch after {fmt(r['first_batch_s'], 2)} s. Single process: `iter_samples` + `preprocess_rows`.",
+        f"{fmt(c['ray_logical_cpus'], 0)} logical CPUs on {cores} cores, "
+        f"{paths[r.get('path', 'actor_pool')]}; first batch after {fmt(r['first_batch_s'], 2)} s. "
+        "Single process: `iter_samples` + `preprocess_rows`.",
         "", markdown_table(["figure", "Ray Data", "single process (baseline)", "ratio"], rows), "",
+        *other_line,
     ]
 
 

@@ -305,7 +305,7 @@ def _stream(config: dict[str, Any], t: TrainConfig, rank: int, world: int, shuff
         raise ValueError(f"the driver split the training data into {len(shards)} shards for {world} workers")
     shard = shards[rank] if shards is not None else ray.train.get_dataset_shard("train")
     return SampleStream(shard, exact=shards is not None, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
-                        shuffle_buffer=shuffle_buffer,
+                        shuffle_buffer=shuffle_buffer, length_groups=t.group_by_length,
                         collate_fn=collate_fn(transform, keep_keys=bool(config.get("sample_log"))))
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deco_core.data.ray_data import collate
 from deco_core.data.transforms import ImageTransform
 
@@ -40,9 +42,10 @@ class SampleStream:
     """Micro-batches of one worker for a given epoch; ``exact`` when the shard is a fixed dataset."""
 
     def __init__(self, shard: Any, *, exact: bool, seed: int, rank: int, micro_batch: int, shuffle_buffer: int,
-                 collate_fn: Any) -> None:
+                 collate_fn: Any, length_groups: int = 0) -> None:
         self.shard, self.exact, self.seed, self.rank = shard, exact, seed, rank
         self.micro_batch, self.shuffle_buffer, self.collate_fn = micro_batch, shuffle_buffer, collate_fn
+        self.length_groups = length_groups
 
     def rows(self) -> int:
         return self.shard.count() if self.exact else 0
@@ -59,13 +62,36 @@ class SampleStream:
             log.warning("streaming data (data.preprocess_ahead=false) cannot replay its order: the resumed epoch %d "
                         "is read again from its start in a new order", epoch)
             skip = 0
-        batches = iter(source.iter_torch_batches(batch_size=self.micro_batch, collate_fn=self.collate_fn,
-                                                 drop_last=True, local_shuffle_buffer_size=self.shuffle_buffer or None,
-                                                 local_shuffle_seed=seed, prefetch_batches=2))
+        if self.length_groups:
+            windows = source.iter_batches(batch_size=self.micro_batch * self.length_groups, batch_format="numpy",
+                                          local_shuffle_buffer_size=self.shuffle_buffer or None,
+                                          local_shuffle_seed=seed, prefetch_batches=1)
+            batches = (self.collate_fn(b) for b in length_grouped(windows, self.micro_batch, seed))
+        else:
+            batches = iter(source.iter_torch_batches(batch_size=self.micro_batch, collate_fn=self.collate_fn,
+                                                     drop_last=True, prefetch_batches=2,
+                                                     local_shuffle_buffer_size=self.shuffle_buffer or None,
+                                                     local_shuffle_seed=seed))
         for _ in range(skip):
             if next(batches, None) is None:
                 return
         yield from batches
+
+
+def length_grouped(windows: Iterator[dict[str, np.ndarray]], micro_batch: int, seed: int) -> Iterator[dict]:
+    """Micro-batches of similar length (LLaVA's ``group_by_length``): each window of samples (already in the
+    epoch's shuffled order) is sorted by token count and cut into micro-batches, which are then yielded in a
+    seeded random order, so a batch pads to the length of its own samples rather than to the longest of a random
+    draw. A window's remainder below one micro-batch is dropped, as ``drop_last`` does. Deterministic in
+    (``seed``, window index), so a resumed epoch replays the same micro-batches."""
+    for w, window in enumerate(windows):
+        n = len(window["attention_mask"]) // micro_batch * micro_batch
+        if n == 0:
+            continue
+        lengths = window["attention_mask"][:n].sum(axis=1)
+        groups = np.argsort(lengths, kind="stable").reshape(-1, micro_batch)  # [n / micro, micro] row indices
+        for g in np.random.default_rng(derived_seed(seed, "length-groups", w)).permutation(len(groups)):
+            yield {k: v[groups[g]] for k, v in window.items()}
 
 
 def collate_fn(transform: ImageTransform, keep_keys: bool = False):
