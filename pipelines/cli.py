@@ -110,6 +110,8 @@ def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
     for job in jobs:
         table.add_row(job.stage, job.job_id, job.status)
     console.print(table)
+    if jobs:
+        console.print(f"MLflow parent run: {jobs[0].parent_run_id}", soft_wrap=True)
     if any(j.status == "FAILED" for j in jobs):
         raise typer.Exit(1)
 

@@ -2,17 +2,24 @@
 
 Each job runs ``python -m pipelines.stages.<stage> --config ... [overrides]`` in a copy of this repository
 (the runtime env's ``working_dir``); stages share their state through ``pipeline.root`` (a path every node can
-read, or s3://). With ``wait`` the client streams each job's log, waits for a terminal status and stops at the
-first failure; without it the stages go out as one job that runs them in sequence, so the client may leave.
+read, or s3://: a relative root is refused before anything is submitted). With ``wait`` the client streams each
+job's log, waits for a terminal status and stops at the first failure; without it the stages go out as one job
+that runs them in sequence, so the client may leave.
+
+MLflow: the submitter creates one parent run for the submitted workflow; every job gets its id
+(``--parent-run-id``, not a secret) and nests its stage run under it. Ray job ids are tags: ``deco.ray_job_id``
+on each stage run, ``deco.ray_job.<stage>`` on the parent. With ``wait`` the submitter ends the parent (FAILED
+when a job did not succeed); without it the job's last stage does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ class SubmittedJob:
     entrypoint: str = ""
     seconds: float = 0.0
     message: str = ""
+    parent_run_id: str = ""
 
 
 def job_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -127,36 +135,114 @@ def submit_pipeline(address: str, config: str, overrides: list[str], stages: lis
     if unknown or not stages:
         raise SubmitError(f"stages {stages}: expected a non-empty list among {valid}")
     cfg_arg = config_argument(config)
+    cfg = submitted_config(config, overrides)
     problem = ray_problem(address if "://" in address else f"http://{address}", setting="--address",
                           service="Ray Jobs API")
     if problem:
         raise SubmitError(problem.line())
     client = connect(address)
     env = job_runtime_env(runtime_env)
-    log.info("submitting %s to %s (env passed through: %s)", ", ".join(stages), address,
-             ", ".join(sorted(env["env_vars"])) or "none")
-    commands = [stage_entrypoint(s, cfg_arg, list(overrides), python) for s in stages]
+    parent = SubmittedRun(cfg, address)
+    log.info("submitting %s to %s (env passed through: %s; MLflow parent run %s)", ", ".join(stages), address,
+             ", ".join(sorted(env["env_vars"])) or "none", parent.run_id)
     if not wait:
-        job_id = _submit(client, "+".join(stages), " && ".join(commands), env, config)
-        return [SubmittedJob(s, job_id, "SUBMITTED", cmd) for s, cmd in zip(stages, commands, strict=True)]
+        job_id = _submission_id("+".join(stages))
+        commands = [stage_entrypoint(s, cfg_arg, [*parent.args(job_id, last=i == len(stages) - 1), *overrides],
+                                     python) for i, s in enumerate(stages)]
+        parent.tag_job(stages, job_id)
+        with parent.failed_on_error():
+            _submit(client, "+".join(stages), job_id, " && ".join(commands), env, config)
+        return [SubmittedJob(s, job_id, "SUBMITTED", cmd, parent_run_id=parent.run_id)
+                for s, cmd in zip(stages, commands, strict=True)]
     jobs: list[SubmittedJob] = []
-    for stage, command in zip(stages, commands, strict=True):
-        if jobs and jobs[-1].status != "SUCCEEDED":
-            jobs.append(SubmittedJob(stage, "-", "NOT_SUBMITTED", command))
-            continue
-        started = time.perf_counter()
-        job_id = _submit(client, stage, command, env, config)
-        status, message = wait_for_job(client, job_id, stage, timeout_s)
-        jobs.append(SubmittedJob(stage, job_id, status, command, time.perf_counter() - started, message))
-        log.info("job %s (%s) %s after %.0fs%s", job_id, stage, status, jobs[-1].seconds,
-                 f": {message}" if status != "SUCCEEDED" and message else "")
+    with parent.failed_on_error():
+        for stage in stages:
+            job_id = _submission_id(stage)
+            command = stage_entrypoint(stage, cfg_arg, [*parent.args(job_id), *overrides], python)
+            if jobs and jobs[-1].status != "SUCCEEDED":
+                jobs.append(SubmittedJob(stage, "-", "NOT_SUBMITTED", command, parent_run_id=parent.run_id))
+                continue
+            started = time.perf_counter()
+            parent.tag_job([stage], job_id)
+            _submit(client, stage, job_id, command, env, config)
+            status, message = wait_for_job(client, job_id, stage, timeout_s)
+            jobs.append(SubmittedJob(stage, job_id, status, command, time.perf_counter() - started, message,
+                                     parent.run_id))
+            log.info("job %s (%s) %s after %.0fs%s", job_id, stage, status, jobs[-1].seconds,
+                     f": {message}" if status != "SUCCEEDED" and message else "")
+    parent.end(all(j.status == "SUCCEEDED" for j in jobs))
     return jobs
 
 
-def _submit(client, label: str, entrypoint: str, env: dict[str, Any], config: str) -> str:
+def submitted_config(config: str, overrides: list[str]):
+    """The composed config, refused (SubmitError) when ``pipeline.root`` is relative: each job would resolve it
+    inside its own unpacked working_dir on whichever node runs it."""
+    from deco_core.config import ConfigError, compose
+    from deco_core.data.storage import is_remote
+
+    try:
+        cfg = compose(config, list(overrides))
+    except ConfigError as exc:
+        raise SubmitError(str(exc)) from None
+    root = cfg.pipeline.root
+    if not (is_remote(root) or Path(root).is_absolute()):
+        raise SubmitError(f"config key 'pipeline.root' = {root!r} is a relative path, which each Ray job would "
+                          "resolve inside its own working directory on the cluster: use an absolute path on "
+                          "storage every node shares, or s3://")
+    return cfg
+
+
+class SubmittedRun:
+    """The MLflow parent run of one submitted workflow, in the store the jobs log to."""
+
+    def __init__(self, cfg, address: str) -> None:
+        from mlflow import MlflowClient
+
+        from deco_core.tracking import get_or_create_run, log_key_settings, resolve_tracking_uri
+        from pipelines.probe import tracking_problem
+        from pipelines.workflow import code_version
+
+        self.tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
+        problem = tracking_problem(self.tracking_uri, bool(cfg.tracking.tracking_uri))
+        if problem:
+            raise SubmitError(problem.line())
+        self.client = MlflowClient(self.tracking_uri)
+        name = f"{cfg.pipeline.name}-submitted-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+        self.run_id = get_or_create_run(self.tracking_uri, cfg.tracking.experiment, name, cfg.pipeline.root,
+                                        tags={"deco.kind": "workflow", "deco.submitted_to": address,
+                                              "deco.code_version": code_version()})
+        log_key_settings(self.client, self.run_id, cfg)
+
+    def args(self, job_id: str, last: bool = False) -> list[str]:
+        """The stage entrypoint's arguments that nest its run under this one (and end it, for ``last``)."""
+        return ["--parent-run-id", self.run_id, "--ray-job-id", job_id, *(["--end-parent"] if last else [])]
+
+    def tag_job(self, stages: list[str], job_id: str) -> None:
+        for stage in stages:
+            self.client.set_tag(self.run_id, f"deco.ray_job.{stage}", job_id)
+
+    def end(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+    @contextlib.contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """An error while submitting or waiting ends the run FAILED; an interrupt leaves it to the running job."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.end(False)
+            raise
+
+
+def _submission_id(label: str) -> str:
+    return f"deco-{label.replace('+', '-')[:60]}-{uuid.uuid4().hex[:8]}"
+
+
+def _submit(client, label: str, submission_id: str, entrypoint: str, env: dict[str, Any], config: str) -> str:
     from ray.exceptions import AuthenticationError
 
-    submission_id = f"deco-{label.replace('+', '-')[:60]}-{uuid.uuid4().hex[:8]}"
     try:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
                                    metadata={"deco.stage": label, "deco.config": config})

@@ -4,7 +4,8 @@ Each stage's fingerprint hashes the config sections it reads, its upstream stage
 version. A stage whose fingerprint matches a completed record in ``<root>/workflow/state.json`` (written
 atomically, local or S3) is skipped; a failed or interrupted run restarts at the first incomplete stage, and a
 config change reruns that stage and everything downstream, nothing upstream. One MLflow parent run per
-workflow run; one nested run per executed stage; stage states and outputs as tags on the parent.
+workflow run; one nested run per executed stage; stage states and outputs as tags on the parent. A submitted
+workflow (pipelines.submit) passes its parent run in: each job's stages nest under it, and the submitter ends it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from deco_core.config import Config, to_dict
-from deco_core.data.storage import get_filesystem, join_uri
+from deco_core.data.storage import join_uri
 from deco_core.tracking import get_or_create_run, log_headline_metrics, log_key_settings, resolve_tracking_uri
 from pipelines.liveness import Heartbeat, Owner, owner_alive
 from pipelines.lock import RootLock
 from pipelines.recovery import recover_interrupted
+from pipelines.state import StateStore
 
 log = logging.getLogger(__name__)
 PACKAGE_DIRS = ("deco_core", "pipelines")
@@ -109,61 +110,6 @@ def fingerprints(cfg: Config, stages: dict[str, StageSpec]) -> dict[str, str]:
     return out
 
 
-class StateStore:
-    """``<root>/workflow/state.json``: ``stages``: stage -> {fingerprint, status, outputs, times, run ids, owner,
-    heartbeat}; ``workflow``: the current (or last) run's parent MLflow run, owner and end. Writes from one process
-    (the run and its heartbeat thread) are serialised; the root lock keeps other processes out."""
-
-    def __init__(self, root: str, storage=None) -> None:
-        self.uri = join_uri(root, "workflow", "state.json")
-        self.fs, self.path = get_filesystem(self.uri, storage)
-        self.mutex = threading.RLock()
-
-    def load(self) -> dict[str, Any]:
-        if not self.fs.exists(self.path):
-            return {"stages": {}}
-        with self.fs.open(self.path, "r") as f:
-            return json.load(f)
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = self.path + ".tmp"
-        with self.fs.open(tmp, "w") as f:
-            json.dump(state, f, indent=2, default=str)
-        self.fs.mv(tmp, self.path)
-
-    def update(self, stage: str, **fields: Any) -> dict[str, Any]:
-        with self.mutex:
-            state = self.load()
-            state["stages"].setdefault(stage, {}).update(fields)
-            self.save(state)
-            return state
-
-    def replace(self, stage: str, record: dict[str, Any]) -> None:
-        """A fresh record for ``stage``: nothing of an earlier run's (outputs, times) is kept."""
-        with self.mutex:
-            state = self.load()
-            state["stages"][stage] = record
-            self.save(state)
-
-    def set_workflow(self, **fields: Any) -> None:
-        with self.mutex:
-            state = self.load()
-            state.setdefault("workflow", {}).update(fields)
-            self.save(state)
-
-    def beat(self, owner: Owner) -> None:
-        """Refresh the heartbeat of every running record ``owner`` holds."""
-        with self.mutex:
-            state = self.load()
-            mine = [r for r in state["stages"].values()
-                    if r.get("status") == "running" and owner.same_process(Owner.from_dict(r.get("owner")))]
-            for rec in mine:
-                rec["heartbeat"] = time.time()
-            if mine:
-                self.save(state)
-
-
 @dataclass
 class StageReport:
     name: str
@@ -174,10 +120,17 @@ class StageReport:
 
 
 class Workflow:
-    """Runs the DAG (all stages, or a selection whose inputs are already complete)."""
+    """Runs the DAG (all stages, or a selection whose inputs are already complete).
 
-    def __init__(self, cfg: Config) -> None:
+    ``parent_run_id``: an existing MLflow parent run (the submitter's) to nest the stage runs under, instead of a
+    new one; it is marked FAILED when a stage fails and ended only with ``end_parent``. ``stage_tags`` are set on
+    every stage run this workflow executes (a submitted job's Ray job id).
+    """
+
+    def __init__(self, cfg: Config, parent_run_id: str | None = None, stage_tags: dict[str, str] | None = None,
+                 end_parent: bool = False) -> None:
         self.cfg = cfg
+        self.parent_run_id, self.stage_tags, self.end_parent = parent_run_id, dict(stage_tags or {}), end_parent
         self.stages = {k: v for k, v in _stage_table().items() if k in cfg.pipeline.stages}
         self.fps = fingerprints(cfg, self.stages)
         self.store = StateStore(cfg.pipeline.root, cfg.data.storage)
@@ -239,10 +192,10 @@ class Workflow:
             from pipelines.runtime import ensure_ray
 
             ensure_ray(self.cfg)  # one Ray instance for the whole workflow, started before any stage's clock
-        parent = get_or_create_run(self.tracking_uri, self.cfg.tracking.experiment,
-                                   f"{self.cfg.pipeline.name}-workflow-{int(time.time())}-{uuid.uuid4().hex[:6]}",
-                                   self.cfg.pipeline.root,
-                                   tags={"deco.kind": "workflow", "deco.code_version": code_version()})
+        parent = self.parent_run_id or get_or_create_run(
+            self.tracking_uri, self.cfg.tracking.experiment,
+            f"{self.cfg.pipeline.name}-workflow-{int(time.time())}-{uuid.uuid4().hex[:6]}", self.cfg.pipeline.root,
+            tags={"deco.kind": "workflow", "deco.code_version": code_version()})
         self.store.set_workflow(parent_run_id=parent, owner=self.owner.to_dict(), started=started_at, finished=None,
                                 status="running")
         log_key_settings(self._client(), parent, self.cfg)
@@ -257,7 +210,8 @@ class Workflow:
                     break
             ok = not any(r.status == "failed" for r in reports)
         finally:
-            self._client().set_terminated(parent, "FINISHED" if ok else "FAILED")
+            if not ok or self.parent_run_id is None or self.end_parent:
+                self._client().set_terminated(parent, "FINISHED" if ok else "FAILED")
             self.store.set_workflow(status="finished" if ok else "failed", finished=time.time())
         from pipelines.summary import write_summary
 
@@ -290,6 +244,8 @@ class Workflow:
         run_name = f"{self.cfg.pipeline.name}-{name}-{self.fps[name][:10]}"
         run_id = get_or_create_run(self.tracking_uri, self.cfg.tracking.experiment, run_name, self.cfg.pipeline.root,
                                    parent_run_id=parent, tags={"deco.stage": name})
+        for key, value in self.stage_tags.items():  # also on a resumed run
+            self._client().set_tag(run_id, key, value)
         inputs = {d: state["stages"][d].get("outputs", {}) for d in spec.deps if d in state["stages"]}
         ctx = StageContext(self.cfg, name, self.fps[name], inputs, run_name, run_id, parent, self.tracking_uri)
         now = time.time()

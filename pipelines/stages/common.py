@@ -10,6 +10,8 @@ from deco_core.config import Config
 from deco_core.data.storage import join_uri
 from deco_core.logs import setup_logging
 
+RAY_JOB_TAG = "deco.ray_job_id"  # on a submitted stage's MLflow run: the Ray job that ran it
+
 
 def train_sources(cfg: Config, stage: str, prepared: dict) -> tuple[list[tuple[str, float]], str | None]:
     """(sources, validation URI) for a training stage: configured sources, else the prepared ShapesWorld shards."""
@@ -34,10 +36,15 @@ def stage_main(stage: str) -> None:
                                      description=f"Run the workflow stage '{stage}' (upstream stages must be done).")
     parser.add_argument("--config", "-c", default="pipeline/tiny")
     parser.add_argument("--force", action="store_true", help="rerun even if a completed output matches")
+    parser.add_argument("--parent-run-id", help="MLflow run to nest this stage's run under (set by the submitter)")
+    parser.add_argument("--ray-job-id", help="the Ray job running this stage (a tag on the stage run)")
+    parser.add_argument("--end-parent", action="store_true", help="end the parent run after this stage")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     setup_logging()
     from deco_core.config import compose
     from pipelines.workflow import Workflow
 
-    Workflow(compose(args.config, args.overrides)).run(only=[stage], force=args.force)
+    tags = {RAY_JOB_TAG: args.ray_job_id} if args.ray_job_id else {}
+    Workflow(compose(args.config, args.overrides), parent_run_id=args.parent_run_id, stage_tags=tags,
+             end_parent=args.end_parent).run(only=[stage], force=args.force)

@@ -114,7 +114,8 @@ def _ready(url: str) -> bool:
 
 def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: MlflowServer, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """prepare_data submitted as a Ray Job succeeds, writes its shards under pipeline.root and logs its stage run."""
+    """prepare_data submitted as a Ray Job succeeds, writes its shards under pipeline.root and logs its stage run
+    nested under the submitter's one parent run; the Ray job id is a tag on both."""
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "deco-secret-value-xyz")  # a secret: never sent to the job, never logged
@@ -136,21 +137,43 @@ def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: Mlflow
     exp = client.get_experiment_by_name("submit-test")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`deco.stage` = 'prepare_data'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`deco.kind` = 'workflow'")
+    assert [p.info.run_id for p in parents] == [jobs[0].parent_run_id]  # the job made no workflow run of its own
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["deco.submitted_to"] == ray_head.address
+    assert parent.data.tags["deco.ray_job.prepare_data"] == jobs[0].job_id
+    assert parent.data.tags["stage.prepare_data.status"] == "completed"
+    assert runs[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert runs[0].data.tags["deco.ray_job_id"] == jobs[0].job_id
 
 
 def test_failed_stage_stops_the_chain(ray_head: RayHead, tmp_path: Path) -> None:
-    """A stage whose upstream is missing fails as a job, and the stages after it are not submitted."""
+    """A stage whose upstream is missing fails as a job, the stages after it are not submitted, and the
+    submitted workflow's parent run ends FAILED."""
+    from mlflow import MlflowClient
+
     overrides = [f"pipeline.root={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db"]
     jobs = submit_pipeline(ray_head.address, "pipeline/tiny", overrides, ["finetune", "evaluate"], timeout_s=180)
     assert [(j.stage, j.status) for j in jobs] == [("finetune", "FAILED"), ("evaluate", "NOT_SUBMITTED")]
     assert jobs[1].job_id == "-"
+    parent = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(jobs[0].parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["deco.ray_job.finetune"] == jobs[0].job_id
 
 
-def test_unreachable_address_is_named() -> None:
+def test_relative_root_is_refused_before_anything_is_submitted() -> None:
+    """A relative pipeline.root is refused naming the key, the value and what to use, before the address is
+    even contacted (this one has no dashboard)."""
+    with pytest.raises(SubmitError) as err:
+        submit_pipeline(f"127.0.0.1:{free_port()}", "pipeline/tiny", ["pipeline.root=runs/rel"], ["prepare_data"])
+    assert str(err.value).startswith("config key 'pipeline.root' = 'runs/rel' is a relative path")
+    assert "absolute path" in str(err.value) and "s3://" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreachable_address_is_named(tmp_path: Path) -> None:
     """An address where no dashboard listens raises SubmitError naming that address."""
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(SubmitError, match=f"cannot reach the Ray Jobs API at http://{address}"):
-        submit_pipeline(address, "pipeline/tiny", [], ["prepare_data"])
+        submit_pipeline(address, "pipeline/tiny", [f"pipeline.root={tmp_path}"], ["prepare_data"])
 
 
 def test_entrypoint_env_and_config_are_shaped_for_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -176,7 +199,7 @@ def test_entrypoint_env_and_config_are_shaped_for_the_job(monkeypatch: pytest.Mo
         submit_pipeline("127.0.0.1:1", "pipeline/tiny", [], ["train"])
 
 
-def test_auth_refusal_explains_tokens_and_auth_mode() -> None:
+def test_auth_refusal_explains_tokens_and_auth_mode(tmp_path: Path) -> None:
     """A dashboard answering 401 gives a SubmitError that names the address and the token / auth-mode settings."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -195,7 +218,7 @@ def test_auth_refusal_explains_tokens_and_auth_mode() -> None:
     try:
         address = f"http://127.0.0.1:{server.server_address[1]}"
         with pytest.raises(SubmitError) as err:
-            submit_pipeline(address, "pipeline/tiny", [], ["prepare_data"])
+            submit_pipeline(address, "pipeline/tiny", [f"pipeline.root={tmp_path}"], ["prepare_data"])
         assert address in str(err.value)
         assert "RAY_AUTH_TOKEN" in str(err.value) and "RAY_AUTH_MODE=disabled" in str(err.value)
     finally:
