@@ -50,12 +50,11 @@ class ResultBlock:
 
 # fmt: off
 BLOCKS: dict[str, ResultBlock] = {  # README marker name -> result
+    "tiny":      ResultBlock("runs/tiny/workflow", "summary.json", (), tiny_markdown, "make run",
+                             published_as="tiny.json"),
     "bench":     ResultBlock("runs/bench",     "bench.json",     (),                   bench_markdown,     "make bench"),
     "reproduce": ResultBlock("runs/reproduce", "reproduce.json", ("convergence.png",), reproduce_markdown, "make reproduce"),
 }
-# The tiny workflow's summary (`make run` -> runs/tiny/workflow/summary.json) renders with tiny_markdown; it joins
-# BLOCKS as "tiny" (published_as="tiny.json") once a measured summary is committed under docs/results.
-TINY_BLOCK = ResultBlock("runs/tiny/workflow", "summary.json", (), tiny_markdown, "make run", published_as="tiny.json")
 # fmt: on
 
 
@@ -120,6 +119,18 @@ def publish(names: list[str], readme: Path, docs: Path = DOCS, root: Path = ROOT
     return written
 
 
+def measured_blocks(root: Path = ROOT) -> list[str]:
+    """The results whose run folder holds a measured JSON (what a bare ``make results`` publishes); the others are
+    named in the log with the command that measures them."""
+    present = [name for name, b in BLOCKS.items() if (root / b.run_dir / b.json_name).is_file()]
+    for name in BLOCKS.keys() - set(present):
+        log.info("results: %s not measured here (run `%s` first); its README block stays as it is", name,
+                 BLOCKS[name].produced_by)
+    if not present:
+        raise ResultsError(f"nothing measured under {root}: run `make run`, `make bench` or `make reproduce` first")
+    return present
+
+
 def check(readme: Path, docs: Path = DOCS, root: Path = ROOT) -> list[str]:
     """Names of the README blocks that differ from a fresh render of the published JSON (empty: all agree)."""
     text = readme.read_text()
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown result(s) {', '.join(unknown)}; expected some of {', '.join(BLOCKS)}")
     if args.action == "publish":
-        files = publish(list(args.names) or list(BLOCKS), args.readme)
+        files = publish(list(args.names) or measured_blocks(), args.readme)
         _console.print(f"published {len(files)} file(s) into {DOCS} and updated {args.readme}")
         return
     stale = check(args.readme)

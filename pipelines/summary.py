@@ -53,7 +53,7 @@ def tiny_markdown(summary: dict[str, Any]) -> str:
     from pipelines.bench_report import fmt, markdown_table
 
     stages = [[name, s["status"], s["wall_s"]] for name, s in summary["stages"].items()]
-    lines = ["# The tiny workflow (`make run`)", "",
+    lines = ["# Latest measured `make run`", "",
              f"Measured {summary['measured_at']}: `{summary['projector']}` projector, {summary['visual_tokens']} "
              f"visual tokens; the whole run took **{fmt(summary['wall_s'], 0)} s** (Ray start included).", "",
              markdown_table(["stage", "status", "seconds"], stages), ""]

@@ -76,3 +76,16 @@ def test_missing_marker_and_missing_run_are_named(project: Path) -> None:
     readme.write_text(_readme({name: "x" for name in BLOCKS}))
     with pytest.raises(ResultsError, match=r"reproduce\.json: expected a JSON object"):
         publish(["reproduce"], readme, root=project)
+
+
+def test_a_bare_publish_takes_what_was_measured_and_names_the_rest(project: Path, caplog) -> None:
+    from pipelines.results import measured_blocks
+
+    (project / BLOCKS["reproduce"].run_dir / BLOCKS["reproduce"].json_name).unlink()
+    with caplog.at_level("INFO", logger="pipelines.results"):
+        assert sorted(measured_blocks(project)) == ["bench", "tiny"]
+    assert "reproduce not measured here (run `make reproduce` first)" in caplog.text
+    for block in BLOCKS.values():
+        (project / block.run_dir / block.json_name).unlink(missing_ok=True)
+    with pytest.raises(ResultsError, match="nothing measured"):
+        measured_blocks(project)
