@@ -22,9 +22,21 @@ CONFIG_OPT = typer.Option("pipeline/tiny", "--config", "-c", help="Config file o
 OVERRIDES_ARG = typer.Argument(None, help="Overrides such as pretrain.lr=3e-4 or model.projector=qformer.")
 
 
+#: Set by the global --debug flag: user errors then raise with their full traceback instead of one line.
+STATE = {"debug": False}
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+          debug: bool = typer.Option(False, "--debug", help="Full tracebacks for errors (else one line).")) -> None:
+    STATE["debug"] = debug
     setup_logging(level=logging.DEBUG if verbose else None)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one unwrapped error line; the caller raises the returned Exit (re-raise the error under --debug)."""
+    console.print(message, soft_wrap=True)
+    return typer.Exit(code)
 
 
 def load_config(config: str | Path, overrides: list[str] | None):
@@ -34,8 +46,9 @@ def load_config(config: str | Path, overrides: list[str] | None):
     try:
         return compose(config, overrides or [])
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        if STATE["debug"]:
+            raise
+        raise fail(f"[red]config error:[/red] {exc}", 2) from None
 
 
 @model_app.command("summary")

@@ -21,6 +21,7 @@ OVERRIDES = typer.Argument(None, help="Overrides such as finetune.max_steps=200 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """A held root, an unreachable service or a refused submission ends the command with its one-line message."""
+    from deco_core.cli import STATE, fail
     from pipelines.lock import RootLocked
     from pipelines.probe import ServiceUnreachable
     from pipelines.submit import SubmitError
@@ -28,8 +29,23 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except (RootLocked, ServiceUnreachable, SubmitError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(3) from None
+        if STATE["debug"]:
+            raise
+        raise fail(f"[red]error:[/red] {exc}", 3) from None
+
+
+def check_stages(stages: str | None, valid: list[str]) -> list[str] | None:
+    """The ``--stages`` selection as a list (None: all); an unknown name ends the command with one line, code 2."""
+    if not stages:
+        return None
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in valid]
+    if unknown or not chosen:
+        from deco_core.cli import fail
+
+        raise fail(f"[red]error:[/red] --stages {stages!r}: unknown stage(s) {', '.join(unknown) or '(none given)'}; "
+                   f"valid: {', '.join(valid)}", 2)
+    return chosen
 
 
 def _compose(config: str, overrides: list[str] | None):
@@ -38,12 +54,17 @@ def _compose(config: str, overrides: list[str] | None):
     return load_config(config, overrides)
 
 
+def _value(value) -> str:
+    """Floats to 4 significant digits (losses, scores); everything else as it is, paths in full."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def results_table(reports) -> Table:
     table = Table(title="workflow")
     for col in ("stage", "status", "seconds", "key outputs"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # fold long paths instead of cutting them with "…"
     for r in reports:
-        keys = [f"{k}={v}" for k, v in r.outputs.items()
+        keys = [f"{k}={_value(v)}" for k, v in r.outputs.items()
                 if k in ("model", "steps", "final_loss", "val_loss", "report", "version", "out_dir")
                 or k.startswith(("eval/group", "locality", "mass_lift", "pointing"))]
         table.add_row(r.name, r.status, f"{r.seconds:.0f}" if r.seconds else "-", "\n".join(keys))
@@ -51,9 +72,11 @@ def results_table(reports) -> Table:
 
 
 def _where_to_look(cfg, wf) -> None:
-    console.print(f"outputs under [bold]{cfg.pipeline.root}[/bold]; MLflow: [bold]{wf.tracking_uri}[/bold]")
-    if wf.tracking_uri.startswith("sqlite:"):
-        console.print(f"browse runs: mlflow ui --backend-store-uri {wf.tracking_uri} --host 127.0.0.1 --port 5000")
+    console.print(f"outputs under [bold]{cfg.pipeline.root}[/bold]; MLflow: [bold]{wf.tracking_uri}[/bold]",
+                  soft_wrap=True)
+    if wf.tracking_uri.startswith("sqlite:"):  # one unwrapped line, so it can be copied as a command
+        console.print(f"browse runs: mlflow ui --backend-store-uri {wf.tracking_uri} --host 127.0.0.1 --port 5000",
+                      soft_wrap=True, markup=False, highlight=False)
 
 
 @pipeline_app.command("run")
@@ -64,9 +87,10 @@ def run(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
     from pipelines.workflow import Workflow
 
     cfg = _compose(config, overrides)
+    only = check_stages(stages, cfg.pipeline.stages)
     wf = Workflow(cfg)
     with one_line_errors():
-        reports = wf.run(only=stages.split(",") if stages else None, force=force)
+        reports = wf.run(only=only, force=force)
     console.print(results_table(reports))
     _where_to_look(cfg, wf)
 
@@ -103,7 +127,7 @@ def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
     cfg = _compose(config, overrides)
     with one_line_errors():
         jobs = submit_pipeline(address, config, overrides or [],
-                               stages.split(",") if stages else cfg.pipeline.stages, wait=wait)
+                               check_stages(stages, cfg.pipeline.stages) or cfg.pipeline.stages, wait=wait)
     table = Table(title=f"jobs on {address}")
     for col in ("stage", "job id", "status"):
         table.add_column(col)

@@ -85,9 +85,10 @@ def build_shapes_corpus(data: DataConfig, root: str | None = None, progress: boo
         (uris.val_pretrain, caption_samples(n_val, seed, "val", shapes), "shapes-caption", "val"),
         (uris.val_finetune, instruct_samples(n_val, seed, "val", shapes), "shapes-instruct", "val"),
     ]
-    for uri, samples, source, split in plan:
+    totals = [data.caption_samples, data.instruct_samples, data.format_samples, n_val, n_val]
+    for (uri, samples, source, split), total in zip(plan, totals, strict=True):
         manifest = write_shards(samples, uri, source=source, split=split, samples_per_shard=data.samples_per_shard,
-                                storage=data.storage, progress=progress)
+                                storage=data.storage, progress=progress, total=total)
         log.info("wrote %d %s/%s samples in %d shards to %s", manifest.total_samples, source, split,
                  len(manifest.rows), uri)  # one line per split (the per-shard lines are DEBUG)
     return uris

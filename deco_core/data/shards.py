@@ -197,6 +197,7 @@ def write_shards(
     prefix: str = "shard",
     storage: StorageConfig | None = None,
     progress: bool = True,
+    total: int | None = None,
 ) -> Manifest:
     """Write samples as WebDataset shards `{prefix}-{NNNNNN}.tar` under `out_uri`, then manifest.parquet.
 
@@ -213,7 +214,8 @@ def write_shards(
         rows: list[ShardRow] = []
         seen: set[str] = set()
         batch: list[dict] = []
-        total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
+        if total is None:  # a generator's length is the caller's to give (the progress bar's total)
+            total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
         with _progress(progress, total, f"shards {source}/{split}") as advance:
             for index, sample in enumerate(samples):
                 key = validate_sample(sample, index=index)

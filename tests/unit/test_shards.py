@@ -250,3 +250,25 @@ def test_uri_helpers(tmp_path: Path) -> None:
     assert path == str(tmp_path) and fs.isdir(path)
     with pytest.raises(ValueError, match="unsupported URI scheme 'gopher'"):
         get_filesystem("gopher://x/y")
+
+
+def test_corpus_progress_bars_know_their_totals(tmp_path, monkeypatch):
+    """Every split's shard bar gets the known sample count as its total (not "n/?") and reaches it."""
+    import contextlib
+
+    import deco_core.data.shards as shards
+    from deco_core.config import compose
+    from deco_core.data.corpus import build_shapes_corpus
+
+    seen: dict[str, list[int | None]] = {}
+
+    @contextlib.contextmanager
+    def recording(enabled, total, label):
+        seen[label] = [total, 0]
+        yield lambda n=1: seen[label].__setitem__(1, seen[label][1] + n)
+
+    monkeypatch.setattr(shards, "_progress", recording)
+    data = compose("pipeline/tiny", ["data.caption_samples=24", "data.instruct_samples=16", "data.format_samples=8",
+                                     "data.eval_samples=64"]).data
+    build_shapes_corpus(data, root=str(tmp_path))
+    assert len(seen) == 5 and all(total is not None and total == done for total, done in seen.values()), seen
