@@ -33,6 +33,7 @@ KEY_SETTINGS = (
     "pretrain.deepspeed", "finetune.lr", "finetune.max_steps", "finetune.global_batch_size", "finetune.deepspeed",
 )
 # Stage outputs that are headline scores (logged as metrics on the parent run, named <stage>/<key>).
+SYSTEM_METRICS_INTERVAL_S = 10  # seconds between system-metric samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
 HEADLINE_OUTPUTS = {
     "pretrain": ("final_loss", "val_loss"), "finetune": ("final_loss", "val_loss"),
     "analyze": ("mass_lift", "mass_in_box", "pointing_hit_rate"),
@@ -203,24 +204,41 @@ class MlflowTracker:
     def finish(self, status: str | None = "FINISHED") -> None:
         """Stop system metrics; mark the run terminated unless ``status`` is None (the driver does it)."""
         if self._system is not None:
-            self._system.finish()
+            _stop_system_metrics(self._system)
             self._system = None
         if status is not None:
             self.client.set_terminated(self.run_id, status=status)
 
 
 def _start_system_metrics(tracking_uri: str, run_id: str):
-    """CPU/memory (and GPU where present) metrics sampled in a background thread into the run."""
+    """CPU/memory (and GPU where present) metrics sampled in a background thread into the run.
+
+    The tracking URI is passed to the monitor: without it the monitor takes the process default, which in a Ray
+    worker is a new ``mlflow.db`` in Ray's temp folder (``Failed to get mlflow run``) and nothing is logged.
+    """
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True)
-        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True,
+                                       tracking_uri=tracking_uri)
         monitor.start()
         return monitor
     except Exception as exc:  # optional dependency (psutil) or API change: training must go on
         log.warning("system metrics disabled: %s", exc)
         return None
+
+
+def _stop_system_metrics(monitor) -> None:
+    """Stop the monitor and publish the sample it collected since its last publication (MLflow drops it on
+    shutdown, so a stage shorter than the sampling interval would log no system metrics at all)."""
+    try:
+        monitor.finish()
+        leftover = monitor.aggregate_metrics()
+        if leftover:
+            monitor.publish_metrics(leftover)
+            monitor.mlflow_logger.flush()
+    except Exception as exc:  # metrics are best effort: the stage's result stands
+        log.warning("system metrics: last sample not logged: %s", exc)
 
 
 def log_key_settings(client, run_id: str, cfg: Any) -> None:

@@ -39,7 +39,8 @@ def _initial_weights(cfg, tokenizer) -> dict[str, torch.Tensor]:
 
 
 def test_zero2_pretrain_learns_keeps_frozen_weights_and_exports(ray_local, tiny_corpus, tmp_path, shapes_tokenizer):
-    """ZeRO-2, 20 steps: loss decreases, frozen modules are bit-identical, and the export reproduces val loss."""
+    """ZeRO-2, 20 steps: loss decreases, frozen modules are bit-identical, the export reproduces val loss, and
+    the worker logged system/* metrics into the run."""
     cfg = _cfg(tmp_path, "pretrain.max_steps=20", "pretrain.checkpoint_every=10", "pretrain.deepspeed=zero2",
                "pretrain.train_llm=false")  # the paper's stage-1 policy: projector only
     out = tmp_path / "pretrain-model"
@@ -48,6 +49,10 @@ def test_zero2_pretrain_learns_keeps_frozen_weights_and_exports(ray_local, tiny_
     losses = _loss_history(cfg, res.run_id)
     assert len(losses) >= 5 and losses[-1] < losses[0]
     assert res.steps == 20
+    from deco_core.tracking import resolve_tracking_uri
+
+    logged = MlflowClient(resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)).get_run(res.run_id).data.metrics
+    assert any(k.startswith("system/cpu") for k in logged), sorted(logged)  # from the rank-0 Ray worker
 
     exported = DecoModel.from_pretrained(out)
     before = _initial_weights(cfg, exported.tokenizer)
