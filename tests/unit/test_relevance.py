@@ -268,4 +268,4 @@ def test_locality_reports_one_lift_under_one_name(deco_model) -> None:
     outputs = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
     table = results_table([StageReport("analyze", "completed", outputs, 1.0, None)])
     cells = "\n".join(str(c) for col in table.columns for c in col._cells)
-    assert f"mass_lift={outputs['mass_lift']}" in cells and "\nlift=" not in f"\n{cells}"
+    assert f"mass_lift={outputs['mass_lift']:.4g}" in cells and "\nlift=" not in f"\n{cells}"
