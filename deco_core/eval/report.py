@@ -45,8 +45,15 @@ Baselines = Mapping[str, Mapping[str, float | None]]  # task -> {"blind": score,
 
 def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mapping[str, str], path: Path,
                 baselines: Baselines | None = None) -> Path:
+    """``score_figure`` written as PNG to ``path``."""
+    score_figure(task_scores, primaries, baselines).savefig(path, format="png")
+    return path
+
+
+def score_figure(task_scores: Mapping[str, Mapping[str, float]], primaries: Mapping[str, str],
+                 baselines: Baselines | None = None):
     """Bar chart of each task's primary metric beside its blind baseline (same model, a blank image for every
-    question) and a chance mark, written as PNG with the Agg canvas (no global backend state)."""
+    question) and a chance mark, on the Agg canvas (no global backend state); returns the Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -78,8 +85,7 @@ def plot_scores(task_scores: Mapping[str, Mapping[str, float]], primaries: Mappi
         ax.legend(fontsize=7, loc="upper right")
     ax.set_title("Primary metric per task")
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return fig
 
 
 def _save_image(case: WorstCase, folder: Path, index: int) -> None:

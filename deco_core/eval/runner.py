@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, joi
 from deco_core.eval.generate import run_generation_tasks
 from deco_core.eval.report import WorstCase, write_report
 from deco_core.eval.tasks import TASKS, get_task, group_scores
+from deco_core.eval.views import log_views
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,12 @@ def flat_metrics(task_scores: Mapping[str, Mapping[str, float]], groups: Mapping
 
 
 def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], tracking: TrackingConfig,
-                  root: str | Path, params: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
+                  root: str | Path, params: Mapping[str, Any] | None = None, run_id: str | None = None,
+                  views: Callable[[Any, str], None] | None = None) -> str:
     """Log into `run_id`, else the active MLflow run, else a new run "evaluate"; returns the run id.
 
     Artifacts: {artifact_path: local file or folder}. Params are logged only on a run started here (an existing
-    run may already hold params with the same keys).
+    run may already hold params with the same keys). ``views(client, run_id)`` adds figures and tables.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -158,6 +160,8 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
             client.log_artifacts(run_id, str(local), artifact_path)
         else:
             client.log_artifact(run_id, str(local), artifact_path)
+    if views is not None:
+        views(client, run_id)
     if started:
         client.set_terminated(run_id)
     logger.info("logged %d eval metrics to MLflow run %s (%s)", len(metrics), run_id, uri)
@@ -243,8 +247,12 @@ def evaluate(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str],
             params = {f"eval.{k}": v for k, v in to_dict(cfg).items()} | {"eval.model_uri": model_uri}
             artifacts = {"eval": out / "predictions.parquet", "eval/report": out / "report",
                          "eval/scores": out / "scores.json"}
+            clean = {t: {k: v for k, v in s.items() if not k.startswith("blind/")} for t, s in task_scores.items()}
+            primaries = {t: get_task(t).primary for t in tasks}
             logged_run = log_to_mlflow(metrics, artifacts, tracking or TrackingConfig(),
-                                       Path.cwd() if remote else out, params, run_id)
+                                       Path.cwd() if remote else out, params, run_id,
+                                       views=lambda client, rid: log_views(client, rid, clean, primaries, baselines,
+                                                                           all_rows))
         if remote:
             _upload(out, str(out_dir), storage)
     base = str(out_dir) if remote else str(out)

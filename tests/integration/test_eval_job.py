@@ -3,6 +3,8 @@ real MLflow server: frozen ShapesWorld shards -> predictions parquet -> scores -
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -76,7 +78,14 @@ def test_eval_job_on_ray_actors_is_complete_deterministic_and_logged(
     assert run.data.metrics["eval/shapes-pope/accuracy"] == pytest.approx(first["tasks"]["shapes-pope"]["accuracy"])
     assert "eval/group/localization" in run.data.metrics
     artifacts = {a.path for a in MlflowClient(mlflow_server.uri).list_artifacts(first["run_id"], "eval")}
-    assert {"eval/predictions.parquet", "eval/report"} <= artifacts
+    assert {"eval/predictions.parquet", "eval/report", "eval/scores_chart.png", "eval/scores_table.json",
+            "eval/answers_table.json"} <= artifacts
+    import json
+
+    local = MlflowClient(mlflow_server.uri).download_artifacts(first["run_id"], "eval/scores_table.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())  # log_table's layout: {"columns": [...], "data": [[...], ...]}
+    assert {"task", "score", "blind", "chance"} <= set(table["columns"])
+    assert sorted(row[table["columns"].index("task")] for row in table["data"]) == sorted(TASKS)
 
     rebuilt = build_shapes_eval_shards(str(tmp_path / "data2"), n=75, seed=0, tasks=["shapes-rec"],
                                        samples_per_shard=40)
