@@ -1,6 +1,7 @@
 """Measurements and report of ``pipelines.reproduce``: one record per finished run (parameters, wall time, loss
-curves from MLflow, eval group scores, locality), aggregation over seeds (mean ± sample std), steps to a fixed
-loss, DeCo-minus-compressive deltas, and the outputs (JSON, markdown tables, convergence plot, MLflow run)."""
+curves from MLflow, eval task and group scores, locality), aggregation over seeds (mean, sample std and 95 %
+t interval, ``bench_repro_stats``), steps to a fixed loss, DeCo-minus-compressive deltas (of the means, and paired
+by seed with a verdict per claim), and the outputs (JSON, markdown tables, convergence plot, MLflow run)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from deco_core.config import Config
 from pipelines.bench_report import check_complete, flatten_numbers, log_summary_run, write_json
+from pipelines.bench_repro_stats import CONFIDENCE, compare, has_interval, stats, steps_to
 
 # fmt: off
 GROUPS = {                      # eval/group/<slug> -> column title (paper groups)
@@ -26,6 +28,12 @@ LOCALITY = {                    # analyze output -> column title
 # fmt: on
 COMPRESSIVE = ("qformer", "resampler", "c-abstractor")  # the paper's "traditional compressive projectors"
 STAGES = ("pretrain", "finetune")
+STATISTICS = {  # how the summary's intervals and verdicts are made (stored beside them)
+    "interval": f"{CONFIDENCE:.0%} Student t over seeds, n - 1 degrees of freedom (ci95: half-width; n = 1: undefined)",
+    "deltas": "DeCo minus compressive, paired by seed (same seed = same data order)",
+    "verdict": "holds: interval entirely on the claimed side of 0; does not hold: entirely on the other; "
+               "within noise: contains 0",
+}
 
 
 def _history(client, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
@@ -71,18 +79,6 @@ def collect_run(cfg: Config, spec: dict[str, Any], state: dict[str, Any], tracki
     }
 
 
-def steps_to(history: list[tuple[int, float]], threshold: float) -> int | None:
-    """First logged step whose loss is <= threshold (None when never reached)."""
-    return next((step for step, value in history if value <= threshold), None)
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    """mean, sample std (0 for one value) and n."""
-    vals = [float(v) for v in values]
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "n": len(vals), "values": vals}
-
-
 def _steps_stats(values: list[int | None]) -> dict[str, Any]:
     reached = [v for v in values if v is not None]
     out = stats(reached) if reached else {"n": len(values)}
@@ -106,16 +102,24 @@ def _aggregate(runs: list[dict[str, Any]], thresholds: dict[str, float]) -> dict
             "final_loss": {s: stats([r["final_loss"][s] for r in rs]) for s in STAGES},
             "groups": {g: stats([r["groups"][g] for r in rs]) for g in GROUPS},
             "locality": {k: stats([r["locality"][k] for r in rs]) for k in LOCALITY},
+            "tasks": {k: stats([r["tasks"][k] for r in rs]) for k in _task_metrics(rs)},
         }
     return out
 
 
-def deco_vs_compressive(configs: dict[str, dict[str, Any]]) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Per M where both ran: DeCo (avg)'s aggregate and the aggregates of the compressive projectors."""
+def _task_metrics(runs: list[dict[str, Any]]) -> list[str]:
+    """The task metrics every run of a config measured, counts (``n``, ``n_<split>``) left out."""
+    keys = set.intersection(*(set(r["tasks"]) for r in runs))
+    return sorted(k for k in keys if not (k.rsplit("/", 1)[-1] == "n" or k.rsplit("/", 1)[-1].startswith("n_")))
+
+
+def deco_vs_compressive(configs: dict[str, dict[str, Any]]) -> dict[int, tuple[str, list[str]]]:
+    """Per M where both ran: the name of DeCo (avg)'s config and those of the compressive projectors."""
     out = {}
     for m in sorted({c["visual_tokens"] for c in configs.values()}):
-        deco = [c for c in configs.values() if c["projector"] == "deco" and c["visual_tokens"] == m]
-        comp = [c for c in configs.values() if c["projector"] in COMPRESSIVE and c["visual_tokens"] == m]
+        at_m = {name: c["projector"] for name, c in configs.items() if c["visual_tokens"] == m}
+        deco = [name for name, p in at_m.items() if p == "deco"]
+        comp = [name for name, p in at_m.items() if p in COMPRESSIVE]
         if deco and comp:
             out[m] = (deco[0], comp)
     return out
@@ -124,7 +128,8 @@ def deco_vs_compressive(configs: dict[str, dict[str, Any]]) -> dict[int, tuple[d
 def deco_deltas(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per M: DeCo (avg) minus the mean of the compressive projectors present, for every score column."""
     out = {}
-    for m, (deco, comp) in deco_vs_compressive(configs).items():
+    for m, (deco_name, names) in deco_vs_compressive(configs).items():
+        deco, comp = configs[deco_name], [configs[n] for n in names]
         row = {"baselines": [c["projector"] for c in comp]}
         for section, keys in (("groups", GROUPS), ("locality", LOCALITY)):
             for k in keys:
@@ -133,9 +138,18 @@ def deco_deltas(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return out
 
 
+def deco_comparisons(configs: dict[str, dict[str, Any]], runs: list[dict[str, Any]],
+                     thresholds: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per M: the paper's claims for DeCo (avg) against each compressive projector and their mean, the deltas
+    paired by seed, each with its 95 % interval and verdict (``bench_repro_stats.compare``)."""
+    return {str(m): {"deco": deco, "baselines": comp, "claims": compare(runs, deco, comp, thresholds)}
+            for m, (deco, comp) in deco_vs_compressive(configs).items()}
+
+
 def summarise(rc, runs: list[dict[str, Any]], failed: list[dict[str, str]], shared: dict[str, Any],
               wall_s: float) -> dict[str, Any]:
-    """Thresholds (configured, else the highest final loss over runs), per-config aggregates and deltas."""
+    """Thresholds (configured, else the highest final loss over runs), per-config aggregates, deltas of the means
+    and the claims' paired comparisons."""
     thresholds = {}
     for s in STAGES:
         fixed = getattr(rc, f"{s}_loss_threshold")
@@ -146,7 +160,8 @@ def summarise(rc, runs: list[dict[str, Any]], failed: list[dict[str, str]], shar
     return {"setup": {**asdict(rc), "shared": shared,
                       "threshold_rule": {s: "configured" if getattr(rc, f"{s}_loss_threshold") is not None
                                          else "highest final loss over runs" for s in STAGES}},
-            "thresholds": thresholds, "configs": configs, "deltas": deco_deltas(configs), "runs": runs,
+            "thresholds": thresholds, "configs": configs, "deltas": deco_deltas(configs),
+            "comparisons": deco_comparisons(configs, runs, thresholds), "statistics": STATISTICS, "runs": runs,
             "failed": failed, "wall_s": wall_s, "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -192,6 +207,8 @@ def write_outputs(summary: dict[str, Any], out: Path, tracking_uri: str, experim
     metrics = flatten_numbers({name: {"train_wall_s": c["train_wall_s"]["mean"],
                                       **{f"step_s/{s}": v["mean"] for s, v in c["step_s"].items()},
                                       **{f"group/{g}": v["mean"] for g, v in c["groups"].items()},
+                                      **{f"group/{g}/ci95": v["ci95"] for g, v in c["groups"].items()
+                                         if has_interval(v)},
                                       **{f"locality/{k}": v["mean"] for k, v in c["locality"].items()},
                                       **{f"final_loss/{s}": v["mean"] for s, v in c["final_loss"].items()}}
                                for name, c in summary["configs"].items()})

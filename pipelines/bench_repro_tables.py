@@ -1,21 +1,36 @@
-"""Markdown of ``pipelines.reproduce``: setup, efficiency/convergence table, score table (mean ± sample std over
-seeds, in points), DeCo-minus-compressive deltas, the convergence plot and the definitions behind each column.
-Every number comes from the summary built by ``bench_repro_report`` out of measured runs."""
+"""Markdown of ``pipelines.reproduce``: setup, efficiency/convergence table, score and task tables (mean ± 95 %
+t interval over seeds, in points), the verdict table of the paper's claims (DeCo-minus-compressive deltas paired
+by seed), the convergence plot and the definitions behind each column. Every number comes from the summary built
+by ``bench_repro_report`` out of measured runs. A summary published before intervals (no ``comparisons``) renders
+as it did then: mean ± sample std, and claims judged against the seed spread."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-from deco_core.eval.tasks import TASKS
+from deco_core.eval.tasks import REC_EXPRESSION_SPLITS, TASKS
 from pipelines.bench_report import fmt, markdown_table
 from pipelines.bench_repro_report import COMPRESSIVE, GROUPS, LOCALITY, STAGES, deco_vs_compressive
+from pipelines.bench_repro_stats import ATTRIBUTE_REC, CLAIMS, Claim, has_interval
+
+PAPER = ("The paper reports +0.9 (MLLM benchmarks), +7.1 (visual localization) and +2.9 (open-ended VQA) "
+         "for DeCo over compressive projectors at LLaVA-1.5 scale.")
 
 
 def _ms(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
-    """``mean ± std (n=k)`` of a stats dict, optionally scaled (fractions -> points)."""
-    mean, std, n = stat["mean"] * scale, stat["std"] * scale, stat["n"]
-    return f"{mean:.{digits}f} (n=1)" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+    """``mean ± 95 % half-width (n=k)`` of a stats dict, optionally scaled (fractions -> points); one seed has no
+    interval and says so. A stats dict without ``ci95`` (published before intervals) shows its sample std."""
+    mean, n = stat["mean"] * scale, stat["n"]
+    if n == 1:
+        return f"{mean:.{digits}f} (n=1)" if "ci95" not in stat else f"{mean:.{digits}f} (n=1, no interval)"
+    spread = stat["ci95"] if has_interval(stat) else stat["std"]
+    return f"{mean:.{digits}f} ± {spread * scale:.{digits}f} (n={n})"
+
+
+def _with_intervals(summary: dict[str, Any]) -> bool:
+    """Whether the summary carries intervals and paired comparisons (published after they were added)."""
+    return "comparisons" in summary
 
 
 def _steps(stat: dict[str, Any], max_steps: int) -> str:
@@ -79,23 +94,65 @@ def _efficiency(summary: dict[str, Any]) -> list[str]:
             "and checkpointing included (Ray itself is started before the grid).", ""]
 
 
+def _score_columns(summary: dict[str, Any]) -> list[tuple[str, str, str, float, int]]:
+    """(title, section and key in a config's aggregate, scale, digits) of the score table; attribute REC (the
+    primary localization score) where every config measured it."""
+    cols = [(f"{t} (points)", "groups", g, 100.0, 1) for g, t in GROUPS.items()]
+    if all(ATTRIBUTE_REC in c.get("tasks", {}) for c in summary["configs"].values()):
+        cols.insert(2, ("Attribute REC, primary (points)", "tasks", ATTRIBUTE_REC, 100.0, 1))
+    return cols + [(t, "locality", k, 1.0, 2) for k, t in LOCALITY.items()]
+
+
 def _scores(summary: dict[str, Any]) -> list[str]:
-    rows = [[f"`{name}`", c["visual_tokens"], *(_ms(c["groups"][g], 100) for g in GROUPS),
-             *(_ms(c["locality"][k], digits=2) for k in LOCALITY)] for name, c in summary["configs"].items()]
-    header = ["config", "visual tokens", *(f"{t} (points)" for t in GROUPS.values()), *LOCALITY.values()]
-    out = ["## Scores (mean ± sample std over seeds)", "", markdown_table(header, rows), ""]
+    cols = _score_columns(summary)
+    rows = [[f"`{name}`", c["visual_tokens"], *(_ms(c[section][key], scale, digits)
+                                                for _, section, key, scale, digits in cols)]
+            for name, c in summary["configs"].items()]
+    spread = "95 % interval" if _with_intervals(summary) else "sample std"
+    out = [f"## Scores (mean ± {spread} over seeds)", "",
+           markdown_table(["config", "visual tokens", *(c[0] for c in cols)], rows), ""]
+    if _with_intervals(summary):
+        return out + _tasks(summary)
     if summary["deltas"]:
         drows = [[m, ", ".join(d["baselines"]), *(f"{100 * d[g]:+.1f}" for g in GROUPS),
                   *(f"{d[k]:+.2f}" for k in LOCALITY)] for m, d in summary["deltas"].items()]
         out += ["### DeCo minus the compressive projectors (means, same M)", "",
                 markdown_table(["M", "compressive baselines", *GROUPS.values(), *LOCALITY.values()], drows), "",
-                "The paper reports +0.9 (MLLM benchmarks), +7.1 (visual localization) and +2.9 (open-ended VQA) "
-                "for DeCo over compressive projectors at LLaVA-1.5 scale.", ""]
+                PAPER, ""]
     return out
 
 
-def verdict(advantage: float, spread: float) -> str:
-    """DeCo's advantage (positive = DeCo better) against the seed spread of the configs compared."""
+def _task_keys(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """``task/metric`` of each task's primary metric (REC: also its expression splits) that every config has."""
+    keys = []
+    for t in TASKS.values():
+        splits = [f"{t.primary}_{split}" for split in REC_EXPRESSION_SPLITS] if t.metric == "rec" else []
+        keys += [f"{t.name}/{m}" for m in (t.primary, *splits)]
+    return [k for k in keys if all(k in c.get("tasks", {}) for c in configs.values())]
+
+
+def _tasks(summary: dict[str, Any]) -> list[str]:
+    """Per config, each task's primary metric and the REC expression splits (points), then the blind baseline
+    (mean over every run) and chance where the runs record them."""
+    keys = _task_keys(summary["configs"])
+    if not keys:
+        return []
+    rows = [[f"`{name}`", *(_ms(c["tasks"][k], 100) for k in keys)] for name, c in summary["configs"].items()]
+    split = [k.split("/", 1) for k in keys]
+    blind = [[r["tasks"].get(f"{task}/blind/{metric}") for r in summary["runs"]] for task, metric in split]
+    if any(None not in b for b in blind):
+        rows.append(["blind (blank image, mean over runs)",
+                     *(f"{100 * statistics.fmean(b):.1f}" if None not in b else "—" for b in blind)])
+    chance = [TASKS[task].chance if metric == TASKS[task].primary else None for task, metric in split]
+    if any(c is not None for c in chance):
+        rows.append(["chance", *(f"{100 * c:.1f}" if c is not None else "—" for c in chance)])
+    return ["### Task metrics (points, mean ± 95 % interval over seeds)", "",
+            markdown_table(["config", *(f"{task} {metric}" for task, metric in split)], rows), ""]
+
+
+def spread_verdict(advantage: float, spread: float) -> str:
+    """DeCo's advantage (positive = DeCo better) against the seed spread of the configs compared (the rule of
+    summaries published before intervals)."""
     if advantage == 0 and spread == 0:
         return "tie"
     if abs(advantage) <= spread:
@@ -117,7 +174,7 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]], delta: dict[s
         margins[g] = 100 * delta[g]
         spread = 100 * max(c["groups"][g]["std"] for c in (deco, *comp))
         cells[f"DeCo ≥ compressive: {title}"] = (f"{margins[g]:+.1f} pts (seed std ≤ {spread:.1f}): "
-                                                   f"{verdict(margins[g], spread)}")
+                                                   f"{spread_verdict(margins[g], spread)}")
     others = [v for k, v in margins.items() if k != "localization"]
     if "localization" in unlearned or not others:
         cells["largest margin on localization"] = "not testable: " + (
@@ -129,7 +186,7 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]], delta: dict[s
     k = next(iter(LOCALITY))
     lift = delta[k]
     spread = max(c["locality"][k]["std"] for c in (deco, *comp))
-    cells[f"DeCo ≥ compressive: {LOCALITY[k].lower()}"] = f"{lift:+.2f} (seed std ≤ {spread:.2f}): {verdict(lift, spread)}"
+    cells[f"DeCo ≥ compressive: {LOCALITY[k].lower()}"] = f"{lift:+.2f} (seed std ≤ {spread:.2f}): {spread_verdict(lift, spread)}"
     fewest = min(comp, key=lambda c: c["projector_params"])
     cells["fewer projector parameters"] = (
         f"{fmt(deco['projector_params'])} vs {fmt(fewest['projector_params'])} ({fewest['projector']}, the smallest): "
@@ -142,14 +199,16 @@ def _claim_cells(deco: dict[str, Any], comp: list[dict[str, Any]], delta: dict[s
         d_steps, c_steps = reached[0]["mean"], statistics.fmean(r["mean"] for r in reached[1:])
         spread = max(r["std"] for r in reached)
         cells[f"faster convergence ({stage})"] = (f"{d_steps:.0f} vs {c_steps:.0f} steps to the loss threshold "
-                                                  f"(seed std ≤ {spread:.0f}): {verdict(c_steps - d_steps, spread)}")
+                                                  f"(seed std ≤ {spread:.0f}): {spread_verdict(c_steps - d_steps, spread)}")
     return cells
 
 
-def claims_section(summary: dict[str, Any]) -> list[str]:
-    """The paper's claims, per M, measured on this grid (only where DeCo and a compressive projector both ran)."""
-    columns = {m: _claim_cells(deco, comp, summary["deltas"][str(m)])
-               for m, (deco, comp) in deco_vs_compressive(summary["configs"]).items()}
+def spread_claims_section(summary: dict[str, Any]) -> list[str]:
+    """The paper's claims, per M, judged against the seed spread (summaries published before intervals; only where
+    DeCo and a compressive projector both ran)."""
+    configs = summary["configs"]
+    columns = {m: _claim_cells(configs[deco], [configs[c] for c in comp], summary["deltas"][str(m)])
+               for m, (deco, comp) in deco_vs_compressive(configs).items()}
     if not columns:
         return []
     claims = list(next(iter(columns.values())))
@@ -163,6 +222,47 @@ def claims_section(summary: dict[str, Any]) -> list[str]:
             "", markdown_table(["claim", *(f"M = {m}" for m in columns)], rows), ""]
 
 
+def _delta_cell(delta: dict[str, Any], claim: Claim) -> str:
+    """One paired comparison: ``+12.3 [+5.1, +19.5] pts (n=3): holds``; one seed: no interval, undecided."""
+    scale, unit, digits = claim.scale, claim.unit, 1 if claim.unit else 2
+    if "delta" in delta:  # deterministic (parameters)
+        return f"{delta['delta'] * scale:+,.0f}: {delta['verdict']}"
+    if "mean" not in delta:  # not comparable
+        return delta["verdict"]
+    mean = f"{delta['mean'] * scale:+.{digits}f}"
+    if not has_interval(delta):
+        return f"{mean}{unit} (n=1): {delta['verdict']}"
+    return (f"{mean} [{delta['low'] * scale:+.{digits}f}, {delta['high'] * scale:+.{digits}f}]{unit} "
+            f"(n={delta['n']}): {delta['verdict']}")
+
+
+def verdicts_section(summary: dict[str, Any]) -> list[str]:
+    """Per M: each claim's DeCo-minus-compressive delta, paired by seed, with its 95 % interval and verdict,
+    against each compressive projector and against their mean."""
+    if not summary["comparisons"]:
+        return []
+    claims = {c.title: c for c in CLAIMS}
+    out = ["## The paper's claims, as measured here", "",
+           "DeCo (avg) minus each compressive projector at the same M, and minus their mean, paired by seed (the "
+           "same seed gives both the same data order): mean of the per-seed deltas [95 % Student t interval, n − 1 "
+           "degrees of freedom]. Verdict: **holds** when the interval lies entirely on the claimed side of 0 (DeCo "
+           "higher; fewer parameters or steps), **does not hold** when entirely on the other side, **within "
+           "noise** when it contains 0; with one seed there is no interval and no verdict. A score that no config "
+           "compared lifts above its blind baseline (blank image) or chance (0 where neither was recorded) is "
+           "not testable. Parameters are deterministic.", ""]
+    for m, comparison in summary["comparisons"].items():
+        rows = []
+        vs = comparison["baselines"] + (["compressive mean"] if len(comparison["baselines"]) > 1 else [])
+        for title, row in comparison["claims"].items():
+            claim = claims.get(title, Claim(title, row["score"]))
+            cells = (["not testable"] * len(vs) if "not_testable" in row
+                     else [_delta_cell(row["vs"][name], claim) for name in vs])
+            rows.append([title, *cells])
+        out += [f"### M = {m}: `{comparison['deco']}` minus", "",
+                markdown_table(["claim", *(f"`{v}`" if v in summary["configs"] else v for v in vs)], rows), ""]
+    return out + [PAPER, ""]
+
+
 def _definitions(summary: dict[str, Any]) -> list[str]:
     groups: dict[str, list[str]] = {}
     tasks = {t.split("/")[0] for r in summary["runs"] for t in r["tasks"]}
@@ -173,7 +273,9 @@ def _definitions(summary: dict[str, Any]) -> list[str]:
            + "; ".join(f"{g}: {', '.join(ts)}" for g, ts in sorted(groups.items())) + ".",
            "- Locality lift: R-GAE text-to-patch relevance mass inside the named object's box divided by the box's "
            "share of patches (1 = uniform); pointing hit rate: the most relevant patch lies in the box.",
-           "- Spread: sample standard deviation over seeds (n=1: none).", ""]
+           ("- Interval: 95 % Student t interval of the mean over seeds (n − 1 degrees of freedom), shown as "
+            "± its half-width; undefined for a single seed." if _with_intervals(summary)
+            else "- Spread: sample standard deviation over seeds (n=1: none)."), ""]
     if summary["failed"]:
         out += ["## Failed runs (not in the tables)", "",
                 *(f"- `{f['name']}`: {f['error']}" for f in summary["failed"]), ""]
@@ -182,7 +284,8 @@ def _definitions(summary: dict[str, Any]) -> list[str]:
 
 def reproduce_markdown(summary: dict[str, Any]) -> str:
     """The whole ``reproduce.md``."""
-    body = (_setup(summary["setup"], summary) + _efficiency(summary) + _scores(summary) + claims_section(summary)
+    body = (_setup(summary["setup"], summary) + _efficiency(summary) + _scores(summary)
+            + (verdicts_section(summary) if _with_intervals(summary) else spread_claims_section(summary))
             + ["## Convergence", "", "![loss vs step](convergence.png)", "",
                f"Dotted grey lines: the loss thresholds of the table above ({', '.join(STAGES)})", ""]
             + _definitions(summary))

@@ -1,13 +1,15 @@
-"""The reproduce report tests the paper's claims from the aggregated runs: a margin only counts beyond the
-seed spread, localization must lead the other groups, parameters and steps-to-loss compare DeCo with the
-compressive projectors at the same M."""
+"""A reproduce summary published before intervals (no ``comparisons``, like the committed
+docs/results/reproduce.json) still renders its claims as it did: a margin only counts beyond the seed spread,
+localization must lead the other groups, parameters and steps-to-loss compare DeCo with the compressive projectors
+at the same M. The interval-based verdicts are tested in test_reproduce_stats.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.bench_repro_report import deco_deltas, stats
-from pipelines.bench_repro_tables import claims_section, verdict
+from pipelines.bench_repro_report import deco_deltas
+from pipelines.bench_repro_stats import stats
+from pipelines.bench_repro_tables import spread_claims_section, spread_verdict
 
 
 def _config(projector: str, m: int, params: int, mllm: list[float], loc: list[float], vqa: list[float],
@@ -43,14 +45,14 @@ def _rows(md: list[str]) -> dict[str, list[str]]:
 
 
 def test_verdict_needs_a_margin_beyond_the_seed_spread() -> None:
-    assert verdict(2.0, 1.0) == "holds"
-    assert verdict(-2.0, 1.0) == "does not hold"
-    assert verdict(0.5, 1.0) == "within seed spread"
-    assert verdict(0.0, 0.0) == "tie"
+    assert spread_verdict(2.0, 1.0) == "holds"
+    assert spread_verdict(-2.0, 1.0) == "does not hold"
+    assert spread_verdict(0.5, 1.0) == "within seed spread"
+    assert spread_verdict(0.0, 0.0) == "tie"
 
 
 def test_claims_per_m_against_the_compressive_projectors_only() -> None:
-    md = "\n".join(claims_section(_summary())).splitlines()
+    md = "\n".join(spread_claims_section(_summary())).splitlines()
     assert md[0] == "## The paper's claims, as measured here"
     assert "| claim | M = 16 | M = 36 |" in md  # mlp (M = 144) has no compressive peer: no column
     rows = _rows(md)
@@ -66,7 +68,7 @@ def test_claims_per_m_against_the_compressive_projectors_only() -> None:
 
 
 def test_a_group_no_run_learned_is_reported_untestable_not_won() -> None:
-    rows = _rows("\n".join(claims_section(_summary(localization_learned=False))).splitlines())
+    rows = _rows("\n".join(spread_claims_section(_summary(localization_learned=False))).splitlines())
     assert rows["DeCo ≥ compressive: Visual localization"] == ["not testable: every run scores 0"] * 2
     assert rows["largest margin on localization"] == ["not testable: every run scores 0 on localization"] * 2
     assert rows["DeCo ≥ compressive: MLLM benchmarks"][0].endswith("within seed spread")
@@ -75,4 +77,4 @@ def test_a_group_no_run_learned_is_reported_untestable_not_won() -> None:
 def test_no_claims_section_without_both_sides() -> None:
     summary = _summary()
     summary["configs"] = {k: v for k, v in summary["configs"].items() if not k.startswith("deco")}
-    assert claims_section(summary) == []
+    assert spread_claims_section(summary) == []
