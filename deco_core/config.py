@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from deco_core.config_deepspeed import fill_deepspeed_config
 from deco_core.config_ranges import check_ranges
 from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is part of this module's API)
     SECTION_RANGES,
@@ -156,6 +157,7 @@ def compose(
         merged = OmegaConf.merge(schema, *layers)
         for key, value in plain_overrides:
             OmegaConf.update(merged, key, value, merge=True)
+        fill_deepspeed_config(merged, roots)
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, path)) from None
     return _typed(merged, path)
@@ -206,7 +208,7 @@ def validate(cfg: Config) -> None:
     _require(v.path is not None or -(v.num_layers + 1) <= v.select_layer <= v.num_layers, "model.vision.select_layer",
              v.select_layer, f"a hidden_states index in [-{v.num_layers + 1}, {v.num_layers}] (num_layers={v.num_layers})")
     n_patches = (v.image_size // v.patch_size) ** 2
-    from deco_core.model.projectors import validate_projector_config
+    from deco_core.model.projector_config import validate_projector_config
 
     try:
         validate_projector_config(cfg.model.projector, n_patches)

@@ -11,6 +11,12 @@ Dataclasses defined beside their code (the projector, ShapesWorld, storage setti
 ``SECTION_RANGES`` in ``deco_core.config_schema``. ``check_ranges`` walks the whole schema: every int/float field
 (alone, optional, or in a list/tuple/dict) must have a range, and every value must lie in it; the error names the
 full key path, the value and the range. Non-finite numbers (nan, inf) are never in range.
+
+An enum-like string field declares its choices the same way, with ``chosen``::
+
+    schedule: str = chosen("cosine", ("cosine", "linear", "constant"))
+
+and ``check_ranges`` reports a value outside them naming the key, the value and the choices.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["CHOICES_KEY", "RANGE_KEY", "Range", "check_ranges", "chosen", "numeric_fields", "ranged"]
+
 RANGE_KEY = "range"
+CHOICES_KEY = "choices"
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,13 @@ def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def chosen(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A dataclass field whose value must be one of ``choices`` (checked at compose time by ``check_ranges``)."""
+    if default not in choices:
+        raise ValueError(f"chosen: default {default!r} is not among {choices}")
+    return field(default=default, metadata={CHOICES_KEY: tuple(choices)})
 
 
 # ------------------------------------------------------------------------------------------- the walk
@@ -121,6 +137,10 @@ def check_ranges(cls: type, data: dict[str, Any], table: dict[type, dict[str, Ra
             for i, item in items:
                 if isinstance(item, dict):
                     problems += check_ranges(sub, item, table, f"{key}[{i}]." if i is not None else f"{key}.")
+            continue
+        choices = f.metadata.get(CHOICES_KEY)
+        if choices is not None and value not in choices:
+            problems.append(f"config key '{key}' = {value!r}: expected one of {', '.join(map(str, choices))}")
             continue
         kind = _numeric_kind(tp)
         if kind is None or value is None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from deco_core.config_ranges import Range, ranged
-from deco_core.data.shapes import ShapesConfig
+from deco_core.config_ranges import Range, chosen, ranged
+from deco_core.data.shapes_config import ShapesConfig
 from deco_core.data.storage import StorageConfig
-from deco_core.model.projectors import ProjectorConfig
+from deco_core.model.projector_config import ProjectorConfig
 
 
 @dataclass
@@ -102,7 +102,7 @@ class DataConfig:
 class TrainConfig:
     """One training stage (pretrain or finetune) on Ray Train + DeepSpeed."""
 
-    stage: str = "pretrain"
+    stage: str = chosen("pretrain", ("pretrain", "finetune"))
     template: str = "plain"
     train_vision: bool = False
     train_projector: bool = True
@@ -110,7 +110,7 @@ class TrainConfig:
     lr: float = ranged(1e-3, gt=0)
     weight_decay: float = ranged(0.0, ge=0)
     warmup_ratio: float = ranged(0.03, ge=0, lt=1)
-    schedule: str = "cosine"
+    schedule: str = chosen("cosine", ("cosine", "linear", "constant"))
     min_lr_ratio: float = ranged(0.0, ge=0, le=1)
     betas: list[float] = ranged(factory=lambda: [0.9, 0.999], ge=0, lt=1)
     micro_batch_size: int = ranged(16, ge=1)
@@ -127,14 +127,16 @@ class TrainConfig:
     cpus_per_worker: float = ranged(0.5, gt=0)
     torch_threads: int = ranged(0, ge=0)  # intra-op threads per worker; 0 = the node's cores split among its workers
     use_gpu: bool = False
-    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
-    deepspeed: str = "zero2"  # file name under conf/deepspeed/
+    precision: str = chosen("auto", ("auto", "fp32", "bf16", "fp16"))  # auto = bf16 on GPU, fp32 on CPU
+    deepspeed: str = "zero2"  # file name under conf/deepspeed/ (its contents become deepspeed_config)
+    # The ZeRO settings, filled at compose time from conf/deepspeed/<deepspeed>.yaml (entries set here are merged
+    # on top); batch sizes, precision and clipping are added from this section (deco_core.config_deepspeed)
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = ranged(50, ge=1)
     num_to_keep: int = ranged(2, ge=1)
     max_failures: int = ranged(0, ge=-1, note="-1 = retry without limit")
     seed: int = ranged(0, ge=0)
     log_every: int = ranged(5, ge=1)
-    fail_at_step: int | None = ranged(None, ge=1)  # fault injection for tests: the last rank is SIGKILLed at this step, first attempt only
     init_from: str | None = None  # URI of an exported model to start from
     output_uri: str | None = None  # where the exported model goes (default: <run root>/<stage>/model)
 
@@ -179,7 +181,7 @@ class RayConfig:
     runtime_env: dict[str, Any] = field(default_factory=dict)
     # Console level of Ray Train's and (local Ray) Ray Data's own log lines: their INFO lines (worker group
     # start-up, dataset execution plans) repeat for every stage; WARNING keeps the console to what matters.
-    log_level: str = "WARNING"
+    log_level: str = chosen("WARNING", ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 @dataclass
@@ -203,7 +205,7 @@ class RetrainConfig:
 
     metric: str = "eval/group/localization"
     margin: float = ranged(0.01, ge=0)
-    init: str = "champion"  # champion | scratch
+    init: str = chosen("champion", ("champion", "scratch"))
     data_seed_offset: int = ranged(1, ge=0)
     higher_is_better: bool = True
 

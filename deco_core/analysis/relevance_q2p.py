@@ -1,44 +1,39 @@
-"""Query-to-Patch relevance R_qp [M, N] for every projector in the registry, chosen from a method table.
+"""Query-to-Patch relevance R_qp [M, N] for every projector, chosen by the method its class declares.
 
-Fixed maps: deco (avg) is its pooling matrix P exactly, linear/mlp the identity. Learned-query projectors
-(qformer, resampler) use the Chefer rules over their captured attention (relevance.propagate_query_to_patch).
-Projectors without attention or a fixed matrix get a documented substitute: deco (max) the max-pool routing
-share, c-abstractor gradient x input of each output token.
+Each projector class declares `relevance` (a key of `deco_core.model.projector_config.RELEVANCE_METHODS`,
+checked when the class is defined) and `relevance_method(cfg)`; this module maps each method to the function
+that computes it. Fixed maps: deco (avg) is its pooling matrix P exactly, linear/mlp the identity.
+Learned-query projectors (qformer, resampler) use the Chefer rules over their captured attention
+(relevance.propagate_query_to_patch). Projectors without attention or a fixed matrix get a documented
+substitute: deco (max) the max-pool routing share, c-abstractor gradient x input of each output token.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from deco_core.analysis.relevance_model import RelevanceInputs, relevance_mode, token_relevance
+from deco_core.model.projector_config import RELEVANCE_METHODS, ProjectorTraits
 
 log = logging.getLogger(__name__)
 
-# fmt: off
-Q2P_METHODS: dict[str, str] = {   # projector name -> how R_qp is obtained
-    "deco":         "pool-matrix",      # P [M, N] of the adaptive average pool (mode "max": see below)
-    "linear":       "identity",         # token j is patch j
-    "mlp":          "identity",
-    "qformer":      "attention-rules",  # self + cross rules over captured maps, target-dependent
-    "resampler":    "attention-rules",
-    "c-abstractor": "grad-x-input",     # no attention, no fixed matrix: gradient x input per output token
-}
-# fmt: on
 MAX_POOL_METHOD = "max-routing"
 """deco with mode "max": the share of channels whose max in window j comes from patch i (rows sum to 1)."""
+FIXED_METHODS = ("pool-matrix", "identity")
+"""Methods read from the projector's fixed `query_to_patch(N)` matrix; every other one needs the sample inputs."""
 
 
 def q2p_method(model) -> str:
-    """The Query-to-Patch method for `model`'s projector (see Q2P_METHODS); unknown names list the valid ones."""
-    name = model.cfg.projector.name
-    if name not in Q2P_METHODS:
-        raise KeyError(f"no query-to-patch method for projector {name!r}; valid: {', '.join(sorted(Q2P_METHODS))}")
-    if name == "deco" and getattr(model.projector, "mode", "avg") == "max":
-        return MAX_POOL_METHOD
-    return Q2P_METHODS[name]
+    """The Query-to-Patch method `model`'s projector class declares for its config (see RELEVANCE_METHODS)."""
+    cls = type(model.projector)
+    if not (issubclass(cls, ProjectorTraits) and cls.name):
+        raise KeyError(f"projector {cls.__name__} declares no query-to-patch method: it must inherit the "
+                       "ProjectorTraits of a registered projector (deco_core.model.projector_config)")
+    return cls.relevance_method(model.cfg.projector)
 
 
 def query_to_patch(model, inputs: RelevanceInputs | None = None, target_positions: list[int] | None = None,
@@ -50,19 +45,20 @@ def query_to_patch(model, inputs: RelevanceInputs | None = None, target_position
     input-dependent substitutes computed on `inputs`' image (target-independent), rows summing to 1.
     """
     method = q2p_method(model)
-    num_patches = model.vision.num_patches
-    if method in ("pool-matrix", "identity"):
-        return model.projector.query_to_patch(num_patches).float().cpu()
+    if method in FIXED_METHODS:
+        return model.projector.query_to_patch(model.vision.num_patches).float().cpu()
     if inputs is None:
         raise ValueError(f"query_to_patch: projector {model.cfg.projector.name!r} ({method}) depends on the input; "
                          "pass the sample inputs")
-    if method == "attention-rules":
-        _, q2p = token_relevance(model, inputs, target_positions, start_layer, end_layer, with_projector=True)
-        assert q2p is not None
-        return q2p.mean(dim=0)
-    if method == MAX_POOL_METHOD:
-        return max_pool_routing(model, inputs)
-    return gradient_x_input(model, inputs)
+    return _INPUT_METHODS[method](model, inputs, target_positions, start_layer, end_layer)
+
+
+def attention_rules(model, inputs: RelevanceInputs, target_positions: list[int] | None = None,
+                    start_layer: int = 0, end_layer: int | None = None) -> Tensor:
+    """Learned-query projectors: the mean over target tokens of the rule-propagated R_qp maps: [M, N]."""
+    _, q2p = token_relevance(model, inputs, target_positions, start_layer, end_layer, with_projector=True)
+    assert q2p is not None
+    return q2p.mean(dim=0)
 
 
 def _features(model, inputs: RelevanceInputs) -> Tensor:
@@ -107,4 +103,20 @@ def gradient_x_input(model, inputs: RelevanceInputs) -> Tensor:
     return torch.where(sums > 0, r / sums.clamp(min=1e-30), torch.zeros_like(r))
 
 
-__all__ = ["MAX_POOL_METHOD", "Q2P_METHODS", "gradient_x_input", "max_pool_routing", "q2p_method", "query_to_patch"]
+_INPUT_METHODS: dict[str, Callable[..., Tensor]] = {  # method -> f(model, inputs, targets, start, end) -> [M, N]
+    "attention-rules": attention_rules,
+    MAX_POOL_METHOD: lambda model, inputs, *_: max_pool_routing(model, inputs),
+    "grad-x-input": lambda model, inputs, *_: gradient_x_input(model, inputs),
+}
+if set(_INPUT_METHODS) | set(FIXED_METHODS) != set(RELEVANCE_METHODS):
+    raise ImportError(f"relevance methods without an implementation: "
+                      f"{sorted(set(RELEVANCE_METHODS) - set(_INPUT_METHODS) - set(FIXED_METHODS))}")
+
+
+def supported_methods() -> tuple[str, ...]:
+    """Every R_qp method this module computes (equal to RELEVANCE_METHODS' keys)."""
+    return (*FIXED_METHODS, *_INPUT_METHODS)
+
+
+__all__ = ["FIXED_METHODS", "MAX_POOL_METHOD", "attention_rules", "gradient_x_input", "max_pool_routing",
+           "q2p_method", "query_to_patch", "supported_methods"]

@@ -26,7 +26,8 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 from deco_core.config import ConfigError, ModelConfig, to_dict
 from deco_core.model.hf import hf_config, register_auto_classes
 from deco_core.model.llm import build_llm, llm_from_hf_config
-from deco_core.model.projectors import ProjectorConfig, build_projector
+from deco_core.model.projector_config import ProjectorConfig
+from deco_core.model.projectors import build_projector
 from deco_core.model.tokenizer import ensure_special_tokens, image_token_id, load_tokenizer
 from deco_core.model.vision import build_vision_tower, vision_tower_from_hf_config
 

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from deco_core.model.projector_config import QFormerTraits, ResamplerTraits
 from deco_core.model.projectors_base import Projector, check_compression, square_side, truncated_normal_
 
 if TYPE_CHECKING:
-    from deco_core.model.projectors import ProjectorConfig
+    from deco_core.model.projector_config import ProjectorConfig
 
 
 class ProbAttention(nn.Module):
@@ -71,7 +72,7 @@ class QFormerLayer(nn.Module):
         return q, a_self, a_cross
 
 
-class QFormerProjector(Projector):
+class QFormerProjector(QFormerTraits, Projector):
     """BLIP-2-style Q-Former: M learned queries, `depth` x [self-attn, cross-attn to patches, FFN], Linear out.
 
     Differences from BLIP-2, on purpose: pre-norm residual blocks (BLIP-2 is post-norm BERT) for stable training
@@ -79,8 +80,6 @@ class QFormerProjector(Projector):
     Dv -> W by Linear + LayerNorm. The queries form no grid, so M need not be a perfect square (BLIP-2 uses 32).
     Captured maps per layer i: {"kind": "self", "attn": (B, H, M, M)} then {"kind": "cross", "attn": (B, H, M, N)}.
     """
-
-    compressive = True
 
     def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int, depth: int = 2, width: int | None = None,
                  heads: int = 4, dropout: float = 0.0) -> None:
@@ -147,7 +146,7 @@ def cell_centres(cells: int, patches: int, device: torch.device | None = None) -
     return (torch.arange(cells, dtype=torch.float64, device=device) + 0.5) * patches / cells - 0.5
 
 
-class ResamplerProjector(Projector):
+class ResamplerProjector(ResamplerTraits, Projector):
     """Qwen-VL-style resampler: ONE cross-attention from M learned queries to the patches, then Linear out.
 
     Keys/values: Linear(Dv, W) + LayerNorm; fixed 2D sin-cos positions are added to the queries (√M grid)
@@ -155,9 +154,6 @@ class ResamplerProjector(Projector):
     carry no position. Output: LayerNorm, then Linear(W, Dllm). W defaults to Dllm.
     Captured map: {"kind": "cross", "layer": 0, "attn": (B, H, M, N)}.
     """
-
-    compressive = True
-    square_tokens = True
 
     def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int, width: int | None = None, heads: int = 4,
                  dropout: float = 0.0) -> None:

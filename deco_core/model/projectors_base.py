@@ -1,57 +1,22 @@
-"""Shared pieces of the projector registry: the `Projector` base class, patch-grid checks and the MLP builder.
+"""Shared pieces of the projector registry: the `Projector` base class, the MLP builder and grid reshapes.
 
 A projector maps ViT patch features x [B, N, Dv] (CLS already dropped, N = h*w on a square grid) to
-LLM-space tokens [B, M, Dllm]. Concrete projectors live in projectors_{pool,attention,cabs}.py.
+LLM-space tokens [B, M, Dllm]. Concrete projectors live in projectors_{pool,attention,cabs}.py; the torch-free
+patch-grid checks (`patch_grid`, `square_side`, `check_compression`) live in projector_config.py and are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, ClassVar
-
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from deco_core.model.projectors import ProjectorConfig
-
-
-def square_side(n: int) -> int | None:
-    """Return k when n == k*k (n >= 1), else None."""
-    if n < 1:
-        return None
-    k = math.isqrt(n)
-    return k if k * k == n else None
-
-
-def patch_grid(num_patches: int) -> tuple[int, int]:
-    """(h, w) of the row-major patch grid behind N patches; raises ValueError unless N = h*w with h == w.
-
-    A count of k*k + 1 (e.g. 577 = 24*24 + 1) gets a hint that the CLS token was not dropped.
-    """
-    side = square_side(num_patches)
-    if side is not None:
-        return side, side
-    cls_side = square_side(num_patches - 1)
-    if cls_side is not None:
-        raise ValueError(
-            f"num_patches N={num_patches} = {cls_side}*{cls_side} + 1: the CLS token seems to still be present; "
-            f"drop it (features[:, 1:]) so the projector sees the {cls_side}x{cls_side} patch grid"
-        )
-    raise ValueError(
-        f"num_patches N={num_patches} is not a perfect square: the patch grid must be square "
-        f"(h == w, N = h*w, e.g. 576 = 24*24)"
-    )
-
-
-def check_compression(num_tokens: int, num_patches: int) -> int:
-    """Validate the N-patch grid and M <= N; return M."""
-    patch_grid(num_patches)
-    if num_tokens > num_patches:
-        raise ValueError(
-            f"projector.num_tokens={num_tokens} > num_patches={num_patches}: the projector would upsample; "
-            "expected M <= N"
-        )
-    return num_tokens
+from deco_core.model.projector_config import (
+    ProjectorConfig,
+    ProjectorTraits,
+    check_compression,
+    patch_grid,
+    square_side,
+)
 
 
 def build_mlp(in_dim: int, out_dim: int, depth: int, act: type[nn.Module] = nn.GELU) -> nn.Sequential:
@@ -67,19 +32,16 @@ def build_mlp(in_dim: int, out_dim: int, depth: int, act: type[nn.Module] = nn.G
     return nn.Sequential(*layers)
 
 
-class Projector(nn.Module):
+class Projector(ProjectorTraits, nn.Module):
     """Base class: x [B, N, Dv] -> [B, M, Dllm], with token accounting and optional attention capture.
 
-    Class attributes read by the registry's validation:
-        compressive: M is set by `num_tokens` (else M = N).
-        square_tokens: the M output tokens form a sqrt(M) x sqrt(M) grid, so M must be a perfect square.
+    A concrete projector also inherits its torch-free declaration (`ProjectorTraits` in projector_config.py:
+    name, compressive, square_tokens, the R-GAE relevance method, `output_tokens(cfg, N)`), e.g.
+    `class DecoProjector(DecoTraits, Projector)`.
 
     Attention projectors record post-softmax attention in `attention_maps` (a fresh list per forward) when
     `capture_attention` is True; other projectors leave it empty.
     """
-
-    compressive: ClassVar[bool] = False
-    square_tokens: ClassVar[bool] = False
 
     def __init__(self, vision_dim: int, llm_dim: int) -> None:
         super().__init__()

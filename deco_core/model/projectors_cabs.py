@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from deco_core.model.projector_config import CAbstractorTraits
 from deco_core.model.projectors_base import (
     Projector,
     build_mlp,
@@ -24,7 +25,7 @@ from deco_core.model.projectors_base import (
 )
 
 if TYPE_CHECKING:
-    from deco_core.model.projectors import ProjectorConfig
+    from deco_core.model.projector_config import ProjectorConfig
 
 
 class ChannelNorm(nn.Module):
@@ -67,15 +68,12 @@ class ConvBlock(nn.Module):
         return x + self.se(self.act(self.norm(self.conv(x))))
 
 
-class CAbstractorProjector(Projector):
+class CAbstractorProjector(CAbstractorTraits, Projector):
     """C-Abstractor: locality-preserving conv abstraction around a √M x √M adaptive average pool.
 
     The learned position embedding is sized for the build-time grid, so inputs must have exactly
     `num_patches` patches.
     """
-
-    compressive = True
-    square_tokens = True
 
     def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int, num_patches: int, depth: int = 3,
                  squeeze_excite: bool = False) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from deco_core.model.projector_config import POOL_MODES, DecoTraits, LinearTraits, MLPTraits
 from deco_core.model.projectors_base import (
     Projector,
     build_mlp,
@@ -22,9 +23,7 @@ from deco_core.model.projectors_base import (
 )
 
 if TYPE_CHECKING:
-    from deco_core.model.projectors import ProjectorConfig
-
-POOL_MODES = ("avg", "max")
+    from deco_core.model.projector_config import ProjectorConfig
 
 
 def pool_windows(n_in: int, n_out: int) -> list[tuple[int, int]]:
@@ -55,9 +54,8 @@ def adaptive_pool_matrix(in_h: int, in_w: int, out_h: int, out_w: int, dtype: to
     return torch.kron(_axis_matrix(in_h, out_h, dtype), _axis_matrix(in_w, out_w, dtype))
 
 
-class MLPProjector(Projector):
+class MLPProjector(MLPTraits, Projector):
     """LLaVA-1.5 `mlp2x_gelu`: Linear, then (L-1) x [GELU, Linear] on every patch; M = N."""
-
 
     def __init__(self, vision_dim: int, llm_dim: int, mlp_depth: int = 2) -> None:
         super().__init__(vision_dim, llm_dim)
@@ -81,9 +79,8 @@ class MLPProjector(Projector):
         return self.mlp(x)  # (B, N, Dv) -> (B, N, Dllm)
 
 
-class LinearProjector(MLPProjector):
+class LinearProjector(LinearTraits, MLPProjector):
     """LLaVA-1 projector: one Linear(Dv, Dllm) per patch; same state-dict layout as `mlp` with depth 1."""
-
 
     def __init__(self, vision_dim: int, llm_dim: int) -> None:
         super().__init__(vision_dim, llm_dim, mlp_depth=1)
@@ -93,15 +90,12 @@ class LinearProjector(MLPProjector):
         return cls(vision_dim, llm_dim)
 
 
-class DecoProjector(Projector):
+class DecoProjector(DecoTraits, Projector):
     """DeCo: parameter-free AdaptiveAvgPool2d((√M, √M)) in ViT space, then the LLaVA MLP on the M tokens.
 
     `mode="max"` swaps in AdaptiveMaxPool2d (the authors' `maxpool{L}_{M}` variant). The only parameters are
     `self.mlp`, laid out exactly like `MLPProjector.mlp`, so state dicts load across the two.
     """
-
-    compressive = True
-    square_tokens = True
 
     def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int, mode: str = "avg", mlp_depth: int = 2) -> None:
         super().__init__(vision_dim, llm_dim)

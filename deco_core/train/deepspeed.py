@@ -1,16 +1,20 @@
-"""DeepSpeed integration: the ZeRO config (conf/deepspeed/*.yaml + batch, precision and clipping from the
-train config) and engine construction with our AdamW and LR schedule. On CPU it runs on gloo with fp32 and
-avoids DeepSpeed's JIT-compiled ops (torch AdamW; the shm comm op disabled)."""
+"""DeepSpeed integration: the ZeRO config and engine construction with our AdamW and LR schedule.
+
+The ZeRO settings come from the composed train config (``TrainConfig.deepspeed_config``, filled from
+conf/deepspeed/<name>.yaml at compose time by ``deco_core.config_deepspeed``): nothing here reads conf/, so
+a worker trains with exactly the settings the driver logged. Batch sizes, precision and clipping are added
+from the train config. On CPU it runs on gloo with fp32 and avoids DeepSpeed's JIT-compiled ops (torch
+AdamW; the shm comm op disabled)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import torch
-import yaml
 
-from deco_core.config import CONF_DIR, TrainConfig
+from deco_core.config import ConfigError, TrainConfig
 from deco_core.train.schedule import build_scheduler, param_groups
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,10 @@ def resolve_precision(t: TrainConfig, use_gpu: bool) -> str:
 
 def build_ds_config(t: TrainConfig, world_size: int, use_gpu: bool) -> dict[str, Any]:
     """The DeepSpeed config dict for a stage; validates global = micro × accumulation × world size."""
-    path = CONF_DIR / "deepspeed" / f"{t.deepspeed}.yaml"
-    ds = yaml.safe_load(path.read_text()) or {}
+    if not t.deepspeed_config:
+        raise ConfigError(f"stage {t.stage}: deepspeed_config is empty; it is filled from "
+                          f"conf/deepspeed/{t.deepspeed}.yaml when the config is composed (deco_core.config.compose)")
+    ds = copy.deepcopy(dict(t.deepspeed_config))
     accum = t.global_batch_size // (t.micro_batch_size * world_size)
     if accum * t.micro_batch_size * world_size != t.global_batch_size:
         raise ValueError(f"global_batch_size={t.global_batch_size} is not micro_batch_size={t.micro_batch_size} × "

@@ -6,6 +6,8 @@ micro-batches, accumulation, clipping inside DeepSpeed -> periodic checkpoints f
 ``ray.train.report`` (with a hash manifest, ``integrity.py``) -> validation loss -> HF-format export (rank 0).
 Step metrics reach tracking once a checkpoint covers them (``steplog.py``), so replayed steps are logged once.
 Workers agree on batch availability every micro-step, so uneven shards can never hang a collective.
+The driver hands each worker a ``LoopConfig``; the worker's running state is a ``WorkerContext``
+(``loop_state.py``). The only test hook is ``faults.py`` (``DECO_TEST_FAIL_AT_STEP``, never in the schema).
 """
 
 from __future__ import annotations
@@ -13,11 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,28 +32,15 @@ from deco_core.train.checkpoint import consolidated_state_dict, export_model, lo
 from deco_core.train.deepspeed import build_engine
 from deco_core.train.evaluation import mean_token_loss
 from deco_core.train.fatal import is_non_retryable, read_fatal, record_fatal
+from deco_core.train.faults import maybe_inject_fault
 from deco_core.train.integrity import ResumeState, read_state, verify_checkpoint, write_manifest, write_state
+from deco_core.train.loop_state import LoopConfig, WorkerContext
 from deco_core.train.progress import PhaseClock, find_board
 from deco_core.train.steplog import CommittedMetrics, logged_through
 from deco_core.train.stream import SampleLedger, SampleStream, collate_fn, derived_seed
 
 log = logging.getLogger(__name__)
 CKPT_TAG = "ckpt"
-
-
-@dataclass
-class StepStats:
-    """Accumulates timing and token counts between two log lines."""
-
-    t0: float = 0.0
-    data_wait: float = 0.0
-    samples: int = 0
-    tokens: int = 0
-    loss_sum: float = 0.0
-    micro: int = 0
-
-    def reset(self) -> None:
-        self.t0, self.data_wait, self.samples, self.tokens, self.loss_sum, self.micro = time.perf_counter(), 0, 0, 0, 0, 0
 
 
 def build_stage_model(cfg: Config, stage: str, tokenizer: Any) -> DecoModel:
@@ -116,46 +102,29 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
     return float(x.item()) / dist.get_world_size()
 
 
-def _maybe_inject_fault(t: TrainConfig, state: ResumeState, rank: int, world: int, marker: str | None) -> None:
-    """Test hook: the last rank is SIGKILLed once (first attempt only) when reaching ``fail_at_step``.
-
-    It first waits a few seconds: Ray Train's controller collects reported checkpoints on its health-check poll
-    (every 2 s), and a real crash would not land within milliseconds of the previous checkpoint either.
-    """
-    if t.fail_at_step is None or state.step != t.fail_at_step or rank != world - 1 or not marker:
-        return
-    if Path(marker).exists():
-        return
-    Path(marker).parent.mkdir(parents=True, exist_ok=True)
-    Path(marker).write_text(f"fault injected at step {state.step}\n")
-    time.sleep(5.0)
-    log.error("fault injection: rank %d (pid %d) is killed at step %d", rank, os.getpid(), state.step)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_epoch(engine, t: TrainConfig, state: ResumeState, total_steps: int, stream: SampleStream,
-              tracker: CommittedMetrics, ctx: dict[str, Any]) -> bool:
+              tracker: CommittedMetrics, ctx: WorkerContext) -> bool:
     """The rest of the epoch ``state.epoch`` (after the samples a checkpoint says were consumed); returns False
     when the epoch had no batch at all."""
     device = engine.device
-    per_batch = t.micro_batch_size * ctx["world"]
+    per_batch = t.micro_batch_size * ctx.world
     skipped = state.epoch_samples // per_batch
     batches = stream.epoch(state.epoch, skipped)
-    stats: StepStats = ctx["stats"]
+    stats = ctx.stats
     got_any = skipped > 0
     while state.step < total_steps:
-        _maybe_inject_fault(t, state, ctx["rank"], ctx["world"], ctx["fault_marker"])
+        maybe_inject_fault(ctx.fault, state.step, ctx.rank, ctx.world)
         tw = time.perf_counter()
         batch = next(batches, None)
         stats.data_wait += time.perf_counter() - tw
-        if "first_batch" not in ctx["clock"].marks:
-            ctx["clock"].mark("first_batch")
+        if "first_batch" not in ctx.clock.marks:
+            ctx.clock.mark("first_batch")
         if not _all_have_batch(batch is not None, device):
             break
         got_any = True
         micro = state.epoch_samples // per_batch
-        ctx["ledger"].record(state.step + 1, state.epoch, micro, batch.pop("keys", None))
-        torch.manual_seed(derived_seed(state.seed, state.epoch, micro, ctx["rank"]))  # same RNG when replayed
+        ctx.ledger.record(state.step + 1, state.epoch, micro, batch.pop("keys", None))
+        torch.manual_seed(derived_seed(state.seed, state.epoch, micro, ctx.rank))  # same RNG when replayed
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = engine(**batch).loss
         engine.backward(loss)
@@ -174,15 +143,15 @@ def run_epoch(engine, t: TrainConfig, state: ResumeState, total_steps: int, stre
         if state.step % t.log_every == 0 or state.step == total_steps:
             log_step(engine, t, state, total_steps, tracker, ctx)
         if state.step % t.checkpoint_every == 0 and state.step < total_steps:
-            save_and_report(engine, state, {"loss": ctx["last_loss"]}, ctx["rank"])
+            save_and_report(engine, state, {"loss": ctx.last_loss}, ctx.rank)
             tracker.commit()  # the steps up to here are covered by a checkpoint
     return got_any
 
 
 def log_step(engine, t: TrainConfig, state: ResumeState, total_steps: int, tracker: CommittedMetrics,
-             ctx: dict) -> None:
+             ctx: WorkerContext) -> None:
     """All ranks average the loss (a collective); rank 0 logs and holds the metrics until the next commit."""
-    stats: StepStats = ctx["stats"]
+    stats = ctx.stats
     device = engine.device
     loss = _mean_across_ranks(stats.loss_sum / max(1, stats.micro), device)
     elapsed = max(time.perf_counter() - stats.t0, 1e-9)
@@ -192,39 +161,38 @@ def log_step(engine, t: TrainConfig, state: ResumeState, total_steps: int, track
         "train/loss": loss,
         "train/lr": engine.get_lr()[0],
         "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-        "train/samples_per_s": stats.samples * ctx["world"] / elapsed,
-        "train/tokens_per_s": stats.tokens * ctx["world"] / elapsed,
+        "train/samples_per_s": stats.samples * ctx.world / elapsed,
+        "train/tokens_per_s": stats.tokens * ctx.world / elapsed,
         "train/data_wait_frac": stats.data_wait / elapsed,
         "train/step_time_s": elapsed / steps,
         "train/epoch": float(state.epoch),
     }
-    if ctx["rank"] == 0 and ctx.get("counter") is not None:
+    if ctx.rank == 0 and ctx.counter is not None:
         import ray
 
-        metrics.update(check_quality(ray.get(ctx["counter"].snapshot.remote()), ctx["max_bad_fraction"]))
-    ctx["last_loss"] = loss
-    ctx["history"].append((state.step, loss))
+        metrics.update(check_quality(ray.get(ctx.counter.snapshot.remote()), ctx.max_bad_fraction))
+    ctx.last_loss = loss
+    ctx.history.append((state.step, loss))
     eta = (total_steps - state.step) * metrics["train/step_time_s"]
     # With a progress board the driver shows live progress; the per-step lines stay in the worker log (DEBUG).
-    log.log(logging.DEBUG if ctx.get("board") is not None else logging.INFO, "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
-             loss, metrics["train/lr"], metrics["train/samples_per_s"], 100 * metrics["train/data_wait_frac"],
-             int(eta))
+    log.log(logging.DEBUG if ctx.board is not None else logging.INFO,
+            "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s  data-wait %.0f%%  eta %ds", state.step, total_steps,
+            loss, metrics["train/lr"], metrics["train/samples_per_s"], 100 * metrics["train/data_wait_frac"], int(eta))
     tracker.add({k: v for k, v in metrics.items() if not math.isnan(v)}, step=state.step)
     stats.reset()
 
 
-def post_progress(ctx: dict[str, Any], step: int, total: int, loss: float, global_batch: int,
+def post_progress(ctx: WorkerContext, step: int, total: int, loss: float, global_batch: int,
                   every_s: float = 0.5) -> None:
     """Rank 0 posts the live state to the driver's progress board at most every ``every_s`` seconds."""
-    board = ctx.get("board")
     now = time.perf_counter()
-    if board is None or (now - ctx.get("posted_at", 0.0) < every_s and step != total):
+    if ctx.board is None or (now - ctx.posted_at < every_s and step != total):
         return
-    last_step, last_t = ctx.get("posted", (0, ctx["steps_t0"]))
+    last_step, last_t = ctx.posted or (0, ctx.steps_t0)
     sps = (step - last_step) * global_batch / max(now - last_t, 1e-9)
-    eta = (total - step) * (now - ctx["steps_t0"]) / max(step - ctx["start_step"], 1)
-    board.post.remote({"step": step, "total": total, "loss": loss, "samples_per_s": sps, "eta_s": eta})
-    ctx["posted_at"], ctx["posted"] = now, (step, now)
+    eta = (total - step) * (now - ctx.steps_t0) / max(step - ctx.start_step, 1)
+    ctx.board.post.remote({"step": step, "total": total, "loss": loss, "samples_per_s": sps, "eta_s": eta})
+    ctx.posted_at, ctx.posted = now, (step, now)
 
 
 def torch_threads(t: TrainConfig, local_world_size: int) -> int:
@@ -233,7 +201,7 @@ def torch_threads(t: TrainConfig, local_world_size: int) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point given to TorchTrainer; ``config`` is built by ``deco_core.train.trainer``.
+    """Entry point given to TorchTrainer; ``config`` is ``LoopConfig.to_dict()``, built by ``deco_core.train.trainer``.
 
     An error a retry cannot fix is recorded before it is raised; a retried attempt that finds the record
     returns at once (``deco_core.train.fatal``)."""
@@ -242,98 +210,95 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     rank = tctx.get_world_rank()
     setup_logging(rank)
-    fatal = config.get("fatal_uri")
-    if fatal and read_fatal(fatal, config.get("storage")) is not None:
+    lc = LoopConfig.from_dict(config)
+    if lc.fatal_uri and read_fatal(lc.fatal_uri, lc.storage) is not None:
         log.error("rank %d: an earlier attempt failed with an error a retry cannot fix; not training again", rank)
         return
     try:
-        _train(config, tctx)
+        _train(lc, tctx)
     except Exception as exc:
-        if fatal and is_non_retryable(exc):
-            record_fatal(fatal, exc, rank, config.get("storage"))
+        if lc.fatal_uri and is_non_retryable(exc):
+            record_fatal(lc.fatal_uri, exc, rank, lc.storage)
         raise
 
 
-def _train(config: dict[str, Any], tctx) -> None:
+def _train(lc: LoopConfig, tctx) -> None:
     clock = PhaseClock()
     clock.mark("worker_start")
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    cfg = from_dict(config["cfg"])
-    stage = config["stage"]
-    t: TrainConfig = getattr(cfg, stage)
+    cfg = from_dict(lc.cfg)
+    t: TrainConfig = getattr(cfg, lc.stage)
     torch.set_num_threads(torch_threads(t, tctx.get_local_world_size()))
-    model = build_stage_model(cfg, stage, config["tokenizer"])
+    model = build_stage_model(cfg, lc.stage, lc.tokenizer)
     clock.mark("model_built")
-    engine = build_engine(model, t, world, t.use_gpu, config["total_steps"])
+    engine = build_engine(model, t, world, t.use_gpu, lc.total_steps)
     transform = ImageTransform.from_vision_config(cfg.model.vision)
-    stream = _stream(config, t, rank, world, cfg.data.shuffle_buffer, transform)
+    stream = _stream(lc, t, rank, world, cfg.data.shuffle_buffer, transform)
     state = maybe_resume(engine, ResumeState(seed=t.seed, world_size=world, shard_rows=stream.rows()))
     clock.mark("engine_ready")
-    tracker = make_tracker(rank, config.get("tracking_uri"), config.get("run_id"), config.get("system_metrics", False))
+    tracker = make_tracker(rank, lc.tracking_uri, lc.run_id, lc.system_metrics)
     if state.step == 0:
-        tracker.log_params(config["cfg"])
+        tracker.log_params(lc.cfg)
     committed = CommittedMetrics(tracker, logged_through(tracker) if state.step else 0)
-    counter = find_board(config["counter_name"]) if config.get("counter_name") else None
-    if config.get("counter_name") and counter is None:
-        log.warning("stage monitor %s not found; bad-sample metrics disabled", config["counter_name"])
-    ctx = {"rank": rank, "world": world, "fault_marker": config.get("fault_marker"), "counter": counter,
-           "max_bad_fraction": cfg.data.max_bad_fraction, "stats": StepStats(), "last_loss": float("nan"),
-           "history": [], "clock": clock, "transform": transform,
-           "ledger": SampleLedger(config.get("sample_log"), rank),
-           "board": find_board(config["run_name"]) if rank == 0 else None,
-           "steps_t0": time.perf_counter(), "start_step": state.step}
-    ctx["stats"].reset()
-    total = config["total_steps"]
+    counter = find_board(lc.counter_name) if lc.counter_name else None
+    if lc.counter_name and counter is None:
+        log.warning("stage monitor %s not found; bad-sample metrics disabled", lc.counter_name)
+    ctx = WorkerContext(rank=rank, world=world, clock=clock, transform=transform,
+                        ledger=SampleLedger(lc.sample_log, rank), counter=counter,
+                        board=find_board(lc.run_name) if rank == 0 else None,
+                        max_bad_fraction=cfg.data.max_bad_fraction, fault=lc.fault, start_step=state.step)
+    ctx.stats.reset()
+    total = lc.total_steps
     max_epochs = None if t.max_steps else t.epochs
     engine.train()
     while state.step < total and (max_epochs is None or state.epoch < max_epochs):
         if not run_epoch(engine, t, state, total, stream, committed, ctx):
-            raise RuntimeError(f"stage {stage}: the training data yielded no batch of {t.micro_batch_size}")
+            raise RuntimeError(f"stage {lc.stage}: the training data yielded no batch of {t.micro_batch_size}")
         if state.step < total:
             state.epoch, state.epoch_samples = state.epoch + 1, 0
     clock.mark("steps_done")
-    finish_stage(engine, model, state, committed, config, ctx)
+    finish_stage(engine, model, state, committed, lc, ctx)
 
 
-def _stream(config: dict[str, Any], t: TrainConfig, rank: int, world: int, shuffle_buffer: int,
+def _stream(lc: LoopConfig, t: TrainConfig, rank: int, world: int, shuffle_buffer: int,
             transform: ImageTransform) -> SampleStream:
     """This rank's fixed shard (materialized data) or its Ray Train split (streaming data)."""
     import ray.train
 
-    shards = config.get("train_shards")
+    shards = lc.train_shards
     if shards is not None and len(shards) != world:
         raise ValueError(f"the driver split the training data into {len(shards)} shards for {world} workers")
     shard = shards[rank] if shards is not None else ray.train.get_dataset_shard("train")
     return SampleStream(shard, exact=shards is not None, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
                         shuffle_buffer=shuffle_buffer, length_groups=t.group_by_length,
-                        collate_fn=collate_fn(transform, keep_keys=bool(config.get("sample_log"))))
+                        collate_fn=collate_fn(transform, keep_keys=bool(lc.sample_log)))
 
 
-def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, config: dict,
-                 ctx: dict) -> None:
+def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, lc: LoopConfig,
+                 ctx: WorkerContext) -> None:
     """Validation loss, consolidated export (rank 0), final checkpoint + report from every rank."""
     import ray.train
 
-    metrics: dict[str, float] = {"loss": ctx["last_loss"]}
-    val = ray.train.get_dataset_shard("val") if config.get("has_val") else None
+    metrics: dict[str, float] = {"loss": ctx.last_loss}
+    val = ray.train.get_dataset_shard("val") if lc.has_val else None
     if val is not None:
         engine.eval()
         batches = (
             {k: v.to(engine.device) for k, v in b.items()}
-            for b in val.iter_torch_batches(batch_size=config["val_batch_size"], collate_fn=collate_fn(ctx["transform"]))
+            for b in val.iter_torch_batches(batch_size=lc.val_batch_size, collate_fn=collate_fn(ctx.transform))
         )
         metrics["val_loss"] = mean_token_loss(engine, batches)
         log.info("validation loss %.4f", metrics["val_loss"])
         tracker.add({"val/loss": metrics["val_loss"]}, step=state.step)
-    ctx["clock"].mark("val_done")
-    state_dict = consolidated_state_dict(engine, model, ctx["rank"])
-    if config["stage_template"] != "plain":
-        model.cfg.chat_template = config["stage_template"]  # the export is prompted the way it was tuned
-    if ctx["rank"] == 0:
-        export_model(model, state_dict, config["output_uri"], config.get("storage"))
-        tracker.tracker.set_tags({"deco.output_uri": config["output_uri"]})
+    ctx.clock.mark("val_done")
+    state_dict = consolidated_state_dict(engine, model, ctx.rank)
+    if lc.stage_template != "plain":
+        model.cfg.chat_template = lc.stage_template  # the export is prompted the way it was tuned
+    if ctx.rank == 0:
+        export_model(model, state_dict, lc.output_uri, lc.storage)
+        tracker.tracker.set_tags({"deco.output_uri": lc.output_uri})
         tracker.add({"train/final_loss": metrics["loss"]}, step=state.step)
-    ctx["clock"].mark("export_done")
-    save_and_report(engine, state, {**metrics, **ctx["clock"].as_metrics()}, ctx["rank"])
+    ctx.clock.mark("export_done")
+    save_and_report(engine, state, {**metrics, **ctx.clock.as_metrics()}, ctx.rank)
     tracker.commit()
     tracker.tracker.finish(status=None)

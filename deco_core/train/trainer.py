@@ -20,13 +20,15 @@ from deco_core.data.ray_data import (
 )
 from deco_core.data.shards import iter_samples
 from deco_core.data.transforms import ImageTransform
-from deco_core.model.projectors import build_projector
+from deco_core.model.projector_config import projector_num_tokens
 from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
 from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, resolve_tracking_uri
 from deco_core.train.deepspeed import build_ds_config
 from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
+from deco_core.train.faults import fault_hook_from_env
 from deco_core.train.loop import train_loop_per_worker
+from deco_core.train.loop_state import LoopConfig
 from deco_core.train.progress import PhaseClock, durations, get_board, show_progress
 from deco_core.train.stream import split_for_workers
 
@@ -82,7 +84,7 @@ def num_visual_tokens(cfg: Config) -> int:
     """M for the configured projector (asks the projector; never assumes the patch count)."""
     v = cfg.model.vision
     n = (v.image_size // v.patch_size) ** 2
-    return build_projector(cfg.model.projector, 8, 8, n).num_output_tokens(n)
+    return projector_num_tokens(cfg.model.projector, n)
 
 
 def preprocess_spec(cfg: Config, template: str, tokenizer) -> PreprocessSpec:
@@ -150,21 +152,19 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         run_id = get_or_create_run(tracking_uri, cfg.tracking.experiment, run_name, cfg.pipeline.root,
                                    parent_run_id, tags={"deco.stage": stage})
     storage_path = _abs_storage(storage_path)
-    loop_config = {
-        "cfg": to_dict(cfg), "stage": stage, "stage_template": t.template, "run_name": run_name, "tokenizer": tokenizer, "total_steps": total_steps,
-        "output_uri": _abs_storage(output_uri), "tracking_uri": tracking_uri, "run_id": run_id,
-        "system_metrics": cfg.tracking.system_metrics, "counter_name": run_name, "storage": storage,
-        "has_val": bool(val_uri), "val_batch_size": t.micro_batch_size, "train_shards": shards,
-        "sample_log": sample_log, "fatal_uri": fatal_uri(storage_path, run_name),
-        "fault_marker": os.path.join(storage_path, run_name, ".fault_injected")
-        if t.fail_at_step is not None and "://" not in storage_path else None,
-    }
+    loop_config = LoopConfig(
+        cfg=to_dict(cfg), stage=stage, stage_template=t.template, run_name=run_name, tokenizer=tokenizer,
+        total_steps=total_steps, output_uri=_abs_storage(output_uri), tracking_uri=tracking_uri, run_id=run_id,
+        system_metrics=cfg.tracking.system_metrics, counter_name=run_name, storage=storage, has_val=bool(val_uri),
+        val_batch_size=t.micro_batch_size, train_shards=shards, sample_log=sample_log,
+        fatal_uri=fatal_uri(storage_path, run_name), fault=fault_hook_from_env(storage_path, run_name),
+    )
     log.info("stage %s: %d samples, %d optimizer steps of %d (micro %d × accum %d × %d workers), ZeRO config %s",
              stage, n_train, total_steps, t.global_batch_size, t.micro_batch_size, t.grad_accum_steps(),
              t.num_workers, t.deepspeed)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config.to_dict(),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
@@ -174,13 +174,13 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
     )
-    clear_fatal(loop_config["fatal_uri"], storage)
+    clear_fatal(loop_config.fatal_uri, storage)
     board = get_board(run_name)  # held by the driver for the stage; rank 0 posts its progress there
     clock.mark("fit_start")
     with show_progress(board, stage, total_steps):
         result = trainer.fit()
     clock.mark("fit_end")
-    raise_recorded(loop_config["fatal_uri"], storage, cause=getattr(result, "error", None))
+    raise_recorded(loop_config.fatal_uri, storage, cause=getattr(result, "error", None))
     if getattr(result, "error", None):
         raise result.error
     counts = ray.get(counter.snapshot.remote())
@@ -197,7 +197,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     marks = {**{k.removeprefix("phase/"): v for k, v in metrics.items() if k.startswith("phase/")}, **clock.marks}
     phases = durations(marks, PHASES)
     log.info("stage %s phases: %s", stage, "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
-    return StageResult(stage, loop_config["output_uri"], run_id, int(metrics.get("step", total_steps)),
+    return StageResult(stage, loop_config.output_uri, run_id, int(metrics.get("step", total_steps)),
                        {k: v for k, v in metrics.items() if not k.startswith("phase/")},
                        result.checkpoint.path if result.checkpoint else None, time.perf_counter() - started,
                        data_metrics, phases)

@@ -17,6 +17,7 @@ from deco_core.data.ray_data import DataQualityError
 from deco_core.data.shapes import instruct_samples
 from deco_core.data.shards import write_shards
 from deco_core.tracking import resolve_tracking_uri
+from deco_core.train.faults import FAIL_AT_STEP_ENV
 from deco_core.train.integrity import CheckpointIntegrityError, verify_checkpoint
 from deco_core.train.stream import read_ledger
 from deco_core.train.trainer import run_stage
@@ -46,8 +47,9 @@ def test_sigkilled_worker_resumes_the_exact_sample_stream(ray_local, tiny_corpus
     the checkpoint is refused by name."""
     cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path}", *REPLAY])
     clean = _run(cfg, tiny_corpus, tmp_path, "replay-clean")
-    killed_cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path}", *REPLAY, "pretrain.fail_at_step=6"])
-    killed = _run(killed_cfg, tiny_corpus, tmp_path, "replay-killed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FAIL_AT_STEP_ENV, "6")  # test-only hook (deco_core.train.faults)
+        killed = _run(cfg, tiny_corpus, tmp_path, "replay-killed")
     assert (tmp_path / "ray" / "replay-killed" / ".fault_injected").exists()
     assert clean.steps == killed.steps == 8
 
@@ -70,7 +72,7 @@ def test_sigkilled_worker_resumes_the_exact_sample_stream(ray_local, tiny_corpus
     optim = sorted(Path(ckpt).rglob("*optim_states.pt"))[-1]
     optim.write_bytes(optim.read_bytes()[:-8] + b"tampered")
     with pytest.raises(CheckpointIntegrityError, match=re.escape(optim.name)):
-        _run(killed_cfg, tiny_corpus, tmp_path, "replay-killed")  # the same run name resumes its checkpoint
+        _run(cfg, tiny_corpus, tmp_path, "replay-killed")  # the same run name resumes its checkpoint
 
 
 def _bad_corpus(path, n: int = 200, every: int = 10) -> str:

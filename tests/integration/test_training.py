@@ -11,6 +11,7 @@ from deco_core.data.ray_data import collate, preprocess_rows, stack_rows
 from deco_core.data.shards import iter_samples
 from deco_core.model.deco import DecoModel
 from deco_core.train.evaluation import mean_token_loss
+from deco_core.train.faults import FAIL_AT_STEP_ENV
 from deco_core.train.trainer import preprocess_spec, run_stage
 
 pytestmark = pytest.mark.integration
@@ -80,10 +81,10 @@ def test_zero3_pretrain_learns(ray_local, tiny_corpus, tmp_path):
     assert DecoModel.from_pretrained(out).num_image_tokens == 16
 
 
-def test_worker_fault_restarts_from_checkpoint_in_one_mlflow_run(ray_local, tiny_corpus, tmp_path):
+def test_worker_fault_restarts_from_checkpoint_in_one_mlflow_run(ray_local, tiny_corpus, tmp_path, monkeypatch):
     """A worker killed at step 7 restarts from the step-5 checkpoint, finishes, and leaves one MLflow run."""
-    cfg = _cfg(tmp_path, "pretrain.max_steps=10", "pretrain.checkpoint_every=5", "pretrain.max_failures=1",
-               "pretrain.fail_at_step=7")
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "7")  # test-only hook (deco_core.train.faults)
+    cfg = _cfg(tmp_path, "pretrain.max_steps=10", "pretrain.checkpoint_every=5", "pretrain.max_failures=1")
     res = run_stage(cfg, "pretrain", sources=[(tiny_corpus.pretrain, 1.0)], output_uri=str(tmp_path / "m"),
                     run_name="fault-pretrain", storage_path=str(tmp_path / "ray"))
     assert res.steps == 10
