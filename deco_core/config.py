@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
-import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
     VisionConfig,
 )
 from deco_core.data.conversation import TEMPLATES
-from deco_core.data.storage import redact
+from deco_core.secrets import redact_secrets  # noqa: F401  (re-exported)
 
 
 def _locate_conf_dir() -> Path:
@@ -54,9 +53,6 @@ def _locate_conf_dir() -> Path:
 
 
 CONF_DIR = _locate_conf_dir()
-# Substrings of a secret key or env-var name; "token" must be a whole word (num_tokens, TOKENIZERS_* are not).
-SECRET_MARKERS = ("secret", "password", "access_key", "credential")
-SECRET_WORDS = ("token",)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -278,25 +274,6 @@ def from_dict(data: dict[str, Any]) -> Config:
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, Path("<dict>"))) from None
     return _typed(merged, Path("<dict>"))
-
-
-def redact_secrets(data: Any, _key: str = "") -> Any:
-    """Replace values of secret-looking keys and environment secret values with '***'."""
-    if isinstance(data, dict):
-        return {k: redact_secrets(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact_secrets(v, _key) for v in data]
-    if _is_secret_name(_key) and data not in (None, "", False):
-        return "***"
-    if isinstance(data, str):
-        return redact(data)  # secret values from the environment, and passwords inside URLs
-    return data
-
-
-def _is_secret_name(name: str) -> bool:
-    """True when ``name`` contains a SECRET_MARKERS substring or a SECRET_WORDS word (split on non-alphanumerics)."""
-    low = name.lower()
-    return any(m in low for m in SECRET_MARKERS) or any(w in SECRET_WORDS for w in re.split(r"[^a-z0-9]+", low))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,13 +22,14 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from deco_core.data.prompts import with_image
+
 log = logging.getLogger(__name__)
 
 EXPORT_ARTIFACT = "export"
 INPUT_COLUMNS = ("image", "prompt")
 OUTPUT_COLUMN = "answer"
 DEFAULT_MAX_NEW_TOKENS = 32
-IMAGE_PLACEHOLDER = "<image>"
 # Logged as code, not pickled: loading a registered version never unpickles anything.
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
 # What a serving environment needs besides the Python standard library (pinned to what built the model).
@@ -61,7 +62,7 @@ def user_turn(prompt: Any, row: int) -> str:
     """The user turn for one request: the prompt with the image placeholder first when it has none."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ServingInputError(f"row {row}: column 'prompt' must be non-empty text")
-    return prompt if IMAGE_PLACEHOLDER in prompt else f"{IMAGE_PLACEHOLDER}\n{prompt.strip()}"
+    return with_image(prompt)
 
 
 def answer_table(model, frame: pd.DataFrame, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> pd.DataFrame:

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from deco_core.config import ConfigError, TrackingConfig, flatten, redact_secrets, to_dict
+from deco_core.config import ConfigError, TrackingConfig, flatten, to_dict
 from deco_core.data.storage import is_remote, join_uri
+from deco_core.secrets import redact_secrets
 
 log = logging.getLogger(__name__)
 RUN_NAME_TAG = "deco.run_name"

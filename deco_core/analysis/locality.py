@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from deco_core.data.prompts import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX
 from deco_core.data.shapes import ShapesConfig
 from deco_core.data.shapes_scene import iter_scenes, render_png
-from deco_core.data.shapes_text import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX, build_qa
+from deco_core.data.shapes_text import build_qa
 
 log = logging.getLogger(__name__)
 

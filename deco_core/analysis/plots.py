@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from deco_core.analysis.relevance import RelevanceResult
+from deco_core.data.prompts import IMAGE_TOKEN
 from deco_core.data.transforms import expand_to_square, resize_and_crop
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def upsample(values: torch.Tensor, grid: int, size: int) -> np.ndarray:
 
 def _short(text: str, limit: int = 80) -> str:
     """One line of at most `limit` characters, without the image placeholder."""
-    line = " ".join(text.replace("<image>", " ").split())
+    line = " ".join(text.replace(IMAGE_TOKEN, " ").split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

@@ -27,7 +27,8 @@ from deco_core.analysis.relevance import (
     relevance_row,
     text_to_patch,
 )
-from deco_core.data.conversation import IMAGE_PLACEHOLDER, Segment, prompt_text, tokenize_segments
+from deco_core.data.conversation import Segment, prompt_text, tokenize_segments
+from deco_core.data.prompts import with_image
 from deco_core.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,8 @@ class RelevanceInputs:
 
 
 def with_image_placeholder(prompt: str) -> str:
-    """The user turn with exactly one `<image>`; LLaVA style '<image>\\n{prompt}' when it has none."""
-    count = prompt.count(IMAGE_PLACEHOLDER)
-    if count > 1:
-        raise ValueError(f"prompt {prompt!r}: holds {count} '<image>' placeholders; expected at most one")
-    return prompt if count == 1 else f"{IMAGE_PLACEHOLDER}\n{prompt}"
+    """The user turn with exactly one image placeholder (see `deco_core.data.prompts.with_image`)."""
+    return with_image(prompt)
 
 
 def image_pixels(model, image: Image.Image) -> np.ndarray:

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from deco_core.data.prompts import IMAGE_TOKEN
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -73,7 +74,7 @@ def plain_segments(conversations: list[dict[str, Any]]) -> list[Segment]:
     answers = [t["value"] for t in conversations if t["from"] == "gpt"]
     if not answers:
         raise SampleError("missing_keys", "plain template needs one 'gpt' turn (the caption)")
-    return [Segment(IMAGE_PLACEHOLDER, False), Segment(answers[0].replace(IMAGE_PLACEHOLDER, "").strip() + "\n", True)]
+    return [Segment(IMAGE_TOKEN, False), Segment(answers[0].replace(IMAGE_TOKEN, "").strip() + "\n", True)]
 
 
 def vicuna_v1_segments(conversations: list[dict[str, Any]], system: str = VICUNA_SYSTEM) -> list[Segment]:
@@ -114,7 +115,7 @@ def prompt_text(question: str, template: str = "vicuna_v1") -> str:
     get_template(template)
     system = TEMPLATES[template][1]
     if system is None:
-        return IMAGE_PLACEHOLDER
+        return IMAGE_TOKEN
     return f"{system + ' ' if system else ''}USER: {question} ASSISTANT:"
 
 
@@ -168,10 +169,10 @@ def tokenize_segments(
 
 def ensure_image_placeholder(conversations: list[dict[str, Any]], has_image: bool) -> list[dict[str, Any]]:
     """LLaVA convention: an image sample without ``<image>`` in its text gets it prepended to the first turn."""
-    if not has_image or any(IMAGE_PLACEHOLDER in t.get("value", "") for t in conversations):
+    if not has_image or any(IMAGE_TOKEN in t.get("value", "") for t in conversations):
         return conversations
     first = dict(conversations[0])
-    first["value"] = f"{IMAGE_PLACEHOLDER}\n{first['value']}"
+    first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
     return [first, *conversations[1:]]
 
 

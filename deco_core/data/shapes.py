@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deco_core.data.prompts import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX
 from deco_core.data.shapes_eval import (
     POPE_SPLITS,
     eval_caption_samples,
@@ -42,9 +43,7 @@ from deco_core.data.shapes_scene import (
     scene_sample,
 )
 from deco_core.data.shapes_text import (
-    IMAGE_TOKEN,
     QA,
-    SHORT_ANSWER_SUFFIX,
     build_qa,
     caption,
     template_texts,

@@ -12,6 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from deco_core.data.prompts import (
+    DESCRIBE_PROMPT,
+    IMAGE_TOKEN,
+    MC_SUFFIX,
+    POPE_TEMPLATE,
+    SHORT_ANSWER_SUFFIX,
+    rec_prompt,
+)
 from deco_core.data.shapes_scene import (
     COLOURS,
     POSITIONS,
@@ -30,16 +38,10 @@ from deco_core.data.shapes_scene import (
 from deco_core.data.shapes_text import (
     ANSWER_SYNONYMS,
     BOX_SEP,
-    DESCRIBE_PROMPT,
-    IMAGE_TOKEN,
     MC_LETTERS,
-    MC_SUFFIX,
-    POPE_TEMPLATE,
     POSITION_PHRASES,
     QA,
     QUESTION_TEMPLATES,
-    REC_PROMPT,
-    SHORT_ANSWER_SUFFIX,
     article,
     box_text,
     build_qa,
@@ -267,7 +269,7 @@ def eval_rec_samples(
         spatial = bool(rng.random() < config.spatial_prob)
         ref = refer(scene, target, {"shape", "colour", "size", "position"}, spatial=spatial)
         answer = box_text(scene.norm_box(target), config.coord_step_hundredths, BOX_SEP)
-        prompt = f"{IMAGE_TOKEN}\n{REC_PROMPT.format(ref=ref)}"
+        prompt = f"{IMAGE_TOKEN}\n{rec_prompt(ref)}"
         meta = {
             "question_type": "spatial_ground" if spatial else "ground",
             "expression": ref,

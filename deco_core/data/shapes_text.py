@@ -14,14 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deco_core.data.prompts import (
+    DESCRIBE_PROMPT,
+    IMAGE_TOKEN,
+    MC_SUFFIX,
+    POPE_TEMPLATE,
+    REC_PROMPT,
+    SHORT_ANSWER_SUFFIX,
+)
 from deco_core.data.shapes_scene import COLOURS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, ShapesConfig
 
-IMAGE_TOKEN = "<image>"
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-MC_SUFFIX = "Answer with the option's letter from the given choices directly."
-REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {ref}."
-DESCRIBE_PROMPT = "Describe the image briefly."
-POPE_TEMPLATE = "Is there {a} {colour} {shape} in the image?"
 MC_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 NUMBER_WORDS: tuple[str, ...] = (
     "zero",

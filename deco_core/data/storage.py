@@ -2,17 +2,16 @@
 
 Credentials are never part of `StorageConfig`: s3fs/botocore and pyarrow read them from the environment
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN) or the usual AWS credential chain.
-`redact` strips secret values found in the environment from any text we log or raise.
+Messages are passed through `deco_core.secrets.redact` before they are logged or raised.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -20,18 +19,14 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.fs as pafs
 
+from deco_core.secrets import has_url_password, is_secret_name, redact  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: Environment variables consulted, in order, when `StorageConfig.endpoint_url` is unset.
 ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-#: Name parts (split on "_") that mark an environment variable as holding a secret.
-_SECRET_NAME_PARTS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIALS"}
-_SECRET_NAME_SUFFIXES = ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY", "ACCESS_KEY_ID")
-#: Secrets shorter than this are not redacted (they would mangle ordinary text); real keys are long.
-_MIN_SECRET_LEN = 4
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
 
 
 class StorageError(RuntimeError):
@@ -155,32 +150,6 @@ def join_uri(base: str, *parts: str) -> str:
     if not is_remote(base) and not base.startswith("file://"):
         return os.path.join(base, *clean)
     return "/".join([base.rstrip("/"), *clean])
-
-
-def is_secret_name(name: str) -> bool:
-    """True for an environment variable name that holds a credential (AWS_ACCESS_KEY_ID, *_SECRET_*, *_TOKEN,
-    *_PASSWORD, ...): its value is redacted from messages and never sent in a Ray runtime env."""
-    upper = name.upper()
-    return bool(set(upper.split("_")) & _SECRET_NAME_PARTS) or upper.endswith(_SECRET_NAME_SUFFIXES)
-
-
-def has_url_password(text: str) -> bool:
-    """True when ``text`` holds a URL with a password (``scheme://user:password@host``)."""
-    return bool(_URL_PASSWORD.search(text))
-
-
-def _secret_values(extra: Iterable[str] = ()) -> list[str]:
-    values = list(extra)
-    values += [value for name, value in os.environ.items() if is_secret_name(name)]
-    # Longest first, so a secret that contains another is replaced whole.
-    return sorted({v for v in values if v and len(v) >= _MIN_SECRET_LEN}, key=len, reverse=True)
-
-
-def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """Replace secret values from the environment (and `extra`) and URL passwords in `text` with ***."""
-    for value in _secret_values(extra):
-        text = text.replace(value, "***")
-    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def _connection_error_types() -> tuple[type[BaseException], ...]:

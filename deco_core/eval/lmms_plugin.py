@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from deco_core.data.prompts import with_image
+
 logger = logging.getLogger(__name__)
 
 MODEL_ID = "deco"
@@ -29,7 +31,7 @@ def manifest():
 
 def _user_turn(context: str) -> str:
     """lmms-eval contexts carry no image placeholder: put one image in front, as LLaVA does."""
-    return context if "<image>" in context else f"<image>\n{context}"
+    return with_image(context)
 
 
 def _build_class() -> type:

@@ -14,15 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deco_core.data.prompts import (
+    IMAGE_TOKEN,
+    MC_SUFFIX,
+    REC_PROMPT,
+    SHORT_ANSWER_SUFFIX,
+)
 from deco_core.eval import metrics as M
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-MC_ANSWER = "Answer with the option's letter from the given choices directly."
-REC_TEMPLATE = "Please provide the bounding box coordinate of the region this sentence describes: {expression}"
-MME_ORIGINAL_SUFFIX = "Please answer yes or no."  # LLaVA swaps it for SHORT_ANSWER (see metrics.md, MME)
 ROTATION_STRIDE = 1_000_000  # MMBench: index >= 1e6 marks a rotated copy of index % 1e6
 
 GROUPS: tuple[str, ...] = ("MLLM benchmarks", "localization", "open-ended VQA", "captioning")
@@ -204,7 +205,9 @@ class Task:
         if turns and turns[0].get("from") == "human":
             question = str(turns[0]["value"])
         elif self.template is not None:
-            question = self.template.format(**{**sample.get("meta", {}), **sample})
+            fields = {**sample.get("meta", {}), **sample}
+            fields.setdefault("ref", fields.get("expression", ""))  # public REC samples name it "expression"
+            question = self.template.format(**fields)
         elif "question" in sample:
             question = str(sample["question"])
         else:
@@ -235,7 +238,7 @@ class Task:
         return out
 
 
-_S, _MC, _T = SHORT_ANSWER, MC_ANSWER, REC_TEMPLATE
+_S, _MC, _T = SHORT_ANSWER_SUFFIX, MC_SUFFIX, REC_PROMPT
 _OPEN, _MLLM, _LOC, _CAP = "open-ended VQA", "MLLM benchmarks", "localization", "captioning"
 # fmt: off
 TASKS: dict[str, Task] = {t.name: t for t in (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from deco_core.data.prompts import IMAGE_TOKEN
 from deco_core.model.deco import DecoModel
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def save_llava(ours: DecoModel, out_dir: str | os.PathLike) -> Path:
     to_llava(ours).save_pretrained(out)
     processor = LlavaProcessor(image_processor=ours.image_processor(), tokenizer=ours.tokenizer,
                                patch_size=ours.vision.model.config.patch_size,
-                               vision_feature_select_strategy="default", image_token="<image>",
+                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                                num_additional_image_tokens=1)  # the CLS token, dropped by the "default" strategy
     processor.save_pretrained(out)
     log.info("wrote a LlavaForConditionalGeneration checkpoint to %s", out)

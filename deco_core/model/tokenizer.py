@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from deco_core.data.prompts import IMAGE_TOKEN
+
 if TYPE_CHECKING:
     from deco_core.config import TokenizerConfig
 
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE_TOKEN]
 _SPACE = "\u2581"

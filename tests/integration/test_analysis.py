@@ -17,9 +17,10 @@ from deco_core.cli import app
 from deco_core.cli_analyze import run_analysis
 from deco_core.config import compose
 from deco_core.data.conversation import preprocess_conversation
+from deco_core.data.prompts import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX
 from deco_core.data.shapes import ShapesConfig, eval_vqa_samples
 from deco_core.data.shapes_scene import iter_scenes, render_png
-from deco_core.data.shapes_text import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX, build_qa
+from deco_core.data.shapes_text import build_qa
 from deco_core.data.transforms import ImageTransform
 from deco_core.model.deco import DecoModel
 

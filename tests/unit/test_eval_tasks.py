@@ -8,7 +8,10 @@ import json
 import pytest
 from PIL import Image
 
-from deco_core.eval.tasks import MC_ANSWER, SHORT_ANSWER, TASKS, get_task, group_scores
+from deco_core.data.prompts import MC_SUFFIX as MC_ANSWER
+from deco_core.data.prompts import SHORT_ANSWER_SUFFIX as SHORT_ANSWER
+from deco_core.data.prompts import rec_prompt
+from deco_core.eval.tasks import TASKS, get_task, group_scores
 
 
 def _image_png(colour: tuple[int, int, int] = (200, 40, 40), size: int = 32) -> bytes:
@@ -118,7 +121,7 @@ def test_prompt_suffixes_and_templates() -> None:
     mme = get_task("mme").build_prompt({"conversations": _turns("<image>\nIs it? Please answer yes or no.", "Yes")})
     assert mme == f"<image>\nIs it?\n{SHORT_ANSWER}"
     rec = get_task("refcoco").build_prompt({"meta": {"expression": "the left dog"}})
-    assert rec.endswith("sentence describes: the left dog")
+    assert rec == f"<image>\n{rec_prompt('the left dog')}"  # the same REC prompt training and converters use
 
 
 def test_mmbench_uses_circular_eval_when_rotations_are_present() -> None:

@@ -20,9 +20,10 @@ from typing import Any
 
 from PIL import Image
 
+from deco_core.data.prompts import IMAGE_TOKEN
+
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 PathLike = str | Path
 
 # fmt: off

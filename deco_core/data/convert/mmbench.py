@@ -24,7 +24,7 @@ from deco_core.data.convert.common import (
     run_records,
     safe_key,
 )
-from deco_core.data.shapes_text import MC_SUFFIX
+from deco_core.data.prompts import MC_SUFFIX
 
 SOURCE = "mmbench"
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "answer", "image")

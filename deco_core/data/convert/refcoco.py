@@ -27,7 +27,8 @@ from deco_core.data.convert.common import (
     run_records,
     safe_key,
 )
-from deco_core.data.shapes_text import REC_PROMPT, box_text
+from deco_core.data.prompts import rec_prompt
+from deco_core.data.shapes_text import box_text
 
 
 def _sentences(record: dict[str, Any]) -> list[str]:
@@ -93,7 +94,7 @@ def convert_refcoco(
         for k, sentence in enumerate(sentences):
             question_id = f"{ref_id}_{k}"
             json_record = {
-                "id": question_id, "conversations": eval_turns(REC_PROMPT.format(ref=sentence), answer),
+                "id": question_id, "conversations": eval_turns(rec_prompt(sentence), answer),
                 "task": "rec", "meta": {"source": source, "image": relative, "expression": sentence},
                 "answers": [answer], "bbox": box, "split": split, "question_id": question_id,
             }  # fmt: skip

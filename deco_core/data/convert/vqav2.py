@@ -23,7 +23,7 @@ from deco_core.data.convert.common import (
     run_records,
     safe_key,
 )
-from deco_core.data.shapes_text import SHORT_ANSWER_SUFFIX
+from deco_core.data.prompts import SHORT_ANSWER_SUFFIX
 
 SOURCE = "vqav2"
 

@@ -1,0 +1,66 @@
+"""The one rule for secrets: which names hold one, and how text and config dicts are redacted.
+
+A name (config key or environment variable) holds a secret when, lower-cased and split on non-alphanumerics,
+it contains a marker substring (secret, password, passwd, credential), has "token" as a whole word (HF_TOKEN,
+api_token — not num_tokens or TOKENIZERS_PARALLELISM), or ends with a key suffix (api_key, private_key,
+access_key, access_key_id). Secret values found in the environment and passwords inside URLs are masked in any
+message we log or raise; config dicts get secret-named values masked as well before they are logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+#: Substrings that mark a name as holding a secret.
+SECRET_SUBSTRINGS = ("secret", "password", "passwd", "credential")
+#: Whole words (split on non-alphanumerics) that mark a secret: "token" but not "tokens" / "tokenizers".
+SECRET_WORDS = ("token",)
+#: Name endings that mark a key: api_key, AWS_ACCESS_KEY_ID, ...
+SECRET_SUFFIXES = ("api_key", "apikey", "private_key", "access_key", "access_key_id")
+#: Secrets shorter than this are not redacted (they would mangle ordinary text); real keys are long.
+MIN_SECRET_LEN = 4
+MASK = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a config key or environment variable name that holds a credential (see the module rule)."""
+    low = name.lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", low) if w]
+    return (any(m in low for m in SECRET_SUBSTRINGS) or any(w in SECRET_WORDS for w in words)
+            or "_".join(words).endswith(SECRET_SUFFIXES))
+
+
+def has_url_password(text: str) -> bool:
+    """True when ``text`` holds a URL with a password (``scheme://user:password@host``)."""
+    return bool(_URL_PASSWORD.search(text))
+
+
+def secret_values(extra: Iterable[str] = ()) -> list[str]:
+    """Values of secret-named environment variables plus ``extra``, longest first (a secret containing another
+    is replaced whole); values shorter than MIN_SECRET_LEN are left out."""
+    values = list(extra) + [value for name, value in os.environ.items() if is_secret_name(name)]
+    return sorted({v for v in values if v and len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
+
+
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace secret values from the environment (and ``extra``) and URL passwords in ``text`` with ***."""
+    for value in secret_values(extra):
+        text = text.replace(value, MASK)
+    return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+
+
+def redact_secrets(data: Any, _key: str = "") -> Any:
+    """A copy of ``data`` (dicts, lists, scalars) with secret-named keys' values and secret strings masked."""
+    if isinstance(data, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_secrets(v, _key) for v in data]
+    if is_secret_name(_key) and data not in (None, "", False):
+        return MASK
+    if isinstance(data, str):
+        return redact(data)
+    return data

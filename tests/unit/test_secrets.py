@@ -1,0 +1,52 @@
+"""The one secrets rule (deco_core.secrets): config keys, environment names and messages agree."""
+
+from __future__ import annotations
+
+import pytest
+
+from deco_core.secrets import MASK, has_url_password, is_secret_name, redact, redact_secrets
+
+SECRET_NAMES = [
+    "api_key", "openai_api_key", "hub.apikey", "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
+    "aws_access_key_id", "password", "db_passwd", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN",
+    "api_token", "token", "AWS_SESSION_TOKEN", "google_application_credentials", "client_secret", "private_key",
+]
+PLAIN_NAMES = [
+    "num_tokens", "max_new_tokens", "tokenizer", "TOKENIZERS_PARALLELISM", "endpoint_url", "key", "keys",
+    "monkey", "region", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "access", "max_tokens_per_batch",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_secret_names_are_recognised(name: str) -> None:
+    """Config keys and environment names holding credentials are secrets, whatever their case."""
+    assert is_secret_name(name)
+    assert is_secret_name(name.upper()) and is_secret_name(name.lower())
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_plain_names_are_not_secrets(name: str) -> None:
+    """Token counts, tokenizers and endpoints are not secrets: 'token' must be a whole word."""
+    assert not is_secret_name(name)
+
+
+def test_config_keys_use_the_same_rule_as_env_names() -> None:
+    """Every secret name is masked as a config key too (an api_key cannot escape the config redaction)."""
+    data = {name: "value-123456" for name in SECRET_NAMES + PLAIN_NAMES}
+    out = redact_secrets({"nested": [data]})["nested"][0]
+    assert {k for k, v in out.items() if v == MASK} == set(SECRET_NAMES)
+    assert data["api_key"] == "value-123456"  # the input is left untouched
+
+
+def test_messages_lose_env_secret_values_and_url_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values of secret env vars and URL passwords are masked in any message; short values are left alone."""
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "sk-live-abcdef")
+    monkeypatch.setenv("HF_TOKEN", "abc")  # shorter than MIN_SECRET_LEN: would mangle ordinary text
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    msg = "failed with sk-live-abcdef at https://alice:hunter22@mlflow.example/api; abc; parallelism false"
+    out = redact(msg, extra=["extra-secret"])
+    assert "sk-live-abcdef" not in out and "hunter22" not in out
+    assert "https://alice:***@mlflow.example/api" in out
+    assert "; abc;" in out and "false" in out
+    assert redact("token extra-secret here", extra=["extra-secret"]) == "token *** here"
+    assert has_url_password("s3://u:p@host/b") and not has_url_password("https://mlflow.example:5000/x")
