@@ -7,11 +7,14 @@ Messages are passed through `deco_core.secrets.redact` before they are logged or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -170,25 +173,74 @@ def _connection_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def copy_dir(src: str | os.PathLike, dst: str | os.PathLike, cfg: StorageConfig | None = None, *,
+             names: Iterable[str] | None = None) -> str:
+    """Copy the contents of folder ``src`` into folder ``dst`` — local → local, local → URI or URI → local —
+    with `with_retries` around every remote call; returns ``dst``.
+
+    ``names``: copy only these entries of ``src`` (files or sub-folders) instead of everything. Raises
+    FileNotFoundError naming ``src`` when there is nothing to copy, ValueError for URI → URI.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if is_remote(src) and is_remote(dst):
+        raise ValueError(f"copy_dir({src!r}, {dst!r}): one side must be a local folder")
+    upload, download = is_remote(dst), is_remote(src)
+    fs, path = get_filesystem(dst if upload else src, cfg)
+    entries = [(n, join_uri(src, n), join_uri(dst, n)) for n in names] if names is not None else [("", src, dst)]
+    if download:
+        if not with_retries(lambda: fs.find(path), f"list {src}", cfg, uri=src):
+            raise FileNotFoundError(f"{src}: no files under this prefix")
+        os.makedirs(dst, exist_ok=True)
+    elif not os.path.isdir(src):
+        raise FileNotFoundError(f"{src}: not a folder")
+    elif upload:
+        with_retries(lambda: fs.makedirs(path, exist_ok=True), f"create {dst}", cfg, uri=dst)
+    for name, s, d in entries:
+        s_path = get_filesystem(s, cfg)[1] if is_remote(s) else s
+        d_path = get_filesystem(d, cfg)[1] if is_remote(d) else d
+        is_dir = os.path.isdir(s) if not is_remote(s) else with_retries(lambda p=s_path: fs.isdir(p), f"stat {s}",
+                                                                         cfg, uri=s)
+        if not is_remote(s) and not is_remote(d):
+            _copy_local(s, d, is_dir)
+        elif is_remote(d):
+            src_arg = s.rstrip("/") + "/" if is_dir else s  # trailing '/': a folder's contents, not the folder
+            with_retries(lambda a=src_arg, b=d_path, r=is_dir: fs.put(a, b, recursive=r), f"upload {name or s}", cfg,
+                         uri=d)
+        else:
+            src_arg = s_path.rstrip("/") + "/" if is_dir else s_path
+            with_retries(lambda a=src_arg, b=d, r=is_dir: fs.get(a, b, recursive=r), f"download {name or s}", cfg,
+                         uri=s)
+    return dst
+
+
+def _copy_local(src: str, dst: str, is_dir: bool) -> None:
+    if is_dir:
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        shutil.copy2(src, dst)
+
+
 def upload_dir(local: str | os.PathLike, uri: str, cfg: StorageConfig | None = None) -> str:
-    """Copy the contents of local folder ``local`` to ``uri`` (a local path or a remote prefix); returns ``uri``."""
-    fs, path = get_filesystem(uri, cfg)
-    src = os.fspath(local).rstrip("/") + "/"  # trailing '/': the folder's contents, not the folder itself
-    with_retries(lambda: fs.makedirs(path, exist_ok=True), f"create {uri}", cfg, uri=uri)
-    with_retries(lambda: fs.put(src, path, recursive=True), f"upload to {uri}", cfg, uri=uri)
-    return uri
+    """`copy_dir` from a local folder to ``uri``; returns ``uri``."""
+    return copy_dir(local, uri, cfg)
 
 
 def download_dir(uri: str, local: str | os.PathLike, cfg: StorageConfig | None = None) -> str:
-    """Copy everything under remote prefix ``uri`` into local folder ``local``; returns ``local`` as a string.
-    Raises FileNotFoundError naming ``uri`` when nothing is there."""
-    fs, path = get_filesystem(uri, cfg)
-    if not with_retries(lambda: fs.find(path), f"list {uri}", cfg, uri=uri):
-        raise FileNotFoundError(f"{uri}: no files under this prefix")
-    os.makedirs(local, exist_ok=True)
-    with_retries(lambda: fs.get(path.rstrip("/") + "/", os.fspath(local), recursive=True), f"download {uri}", cfg,
-                 uri=uri)
-    return os.fspath(local)
+    """`copy_dir` from ``uri`` into local folder ``local``; returns ``local`` as a string."""
+    return copy_dir(uri, local, cfg)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, cfg: StorageConfig | None = None, prefix: str = "deco-") -> Iterator[str]:
+    """A local folder holding ``uri``'s contents for the ``with`` block: the path itself when ``uri`` is local,
+    else a temporary download that is removed on exit."""
+    if not is_remote(uri):
+        yield get_filesystem(uri, cfg)[1]
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        log.info("downloading %s to %s", uri, tmp)
+        yield copy_dir(uri, tmp, cfg)
 
 
 def endpoint_name(uri: str, cfg: StorageConfig | None = None) -> str:

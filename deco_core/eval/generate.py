@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from deco_core.config import EvalConfig
 from deco_core.data.conversation import SampleError, Segment, prompt_text, tokenize_segments
 from deco_core.data.preprocess import decode_record
-from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, pyarrow_filesystem
+from deco_core.data.storage import StorageConfig, get_filesystem, local_copy, pyarrow_filesystem
 from deco_core.data.transforms import ImageTransform
 from deco_core.eval.tasks import Task, get_task
 
@@ -57,14 +56,8 @@ def load_model(model_uri: str, storage: StorageConfig | None = None, device: str
     """
     from deco_core.model.deco import DecoModel
 
-    if not is_remote(model_uri):
-        model = DecoModel.from_pretrained(get_filesystem(model_uri, storage)[1])
-    else:
-        fs, path = get_filesystem(model_uri, storage)
-        with tempfile.TemporaryDirectory(prefix="deco-eval-model-") as tmp:
-            logger.info("downloading %s to %s", model_uri, tmp)
-            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-            model = DecoModel.from_pretrained(tmp)
+    with local_copy(model_uri, storage, prefix="deco-eval-model-") as path:
+        model = DecoModel.from_pretrained(path)
     if device.startswith("cuda"):
         model = model.to(device=device, dtype=torch.bfloat16)
     return model.eval()

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from deco_core.config import EvalConfig, TrackingConfig, to_dict
 from deco_core.data.shards import iter_samples, read_manifest, write_shards
-from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, join_uri, with_retries
+from deco_core.data.storage import StorageConfig, copy_dir, get_filesystem, is_remote, join_uri
 from deco_core.eval.generate import run_generation_tasks
 from deco_core.eval.report import WorstCase, write_report
 from deco_core.eval.tasks import TASKS, get_task, group_scores
@@ -263,10 +263,5 @@ def evaluate(model_uri: str, tasks: Sequence[str], data_uris: Mapping[str, str],
 
 def _upload(local: Path, uri: str, storage: StorageConfig | None) -> None:
     """Copy the local result folder (without the Ray generation parts) to `uri`."""
-    fs, path = get_filesystem(uri, storage)
-    uploads = [(str(local / "predictions.parquet"), f"{path}/predictions.parquet", False),
-               (str(local / "scores.json"), f"{path}/scores.json", False),
-               (f"{local / 'report'}/", f"{path}/report", True)]  # trailing '/': copy the folder's contents
-    for src, dst, recursive in uploads:
-        with_retries(lambda s=src, d=dst, r=recursive: fs.put(s, d, recursive=r), f"upload {src}", storage, uri=uri)
+    copy_dir(local, uri, storage, names=["predictions.parquet", "scores.json", "report"])
     logger.info("uploaded the eval results to %s", uri)

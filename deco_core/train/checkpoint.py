@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from pathlib import Path
 
 import torch
 
-from deco_core.data.storage import StorageConfig, get_filesystem, is_remote
+from deco_core.data.storage import StorageConfig, copy_dir, is_remote, local_copy
 from deco_core.model.deco import DecoModel
 
 log = logging.getLogger(__name__)
@@ -43,19 +42,14 @@ def export_model(model: DecoModel, state_dict: dict[str, torch.Tensor], output_u
         model.save_pretrained(output_uri, state_dict=state_dict)
         log.info("exported model to %s", output_uri)
         return output_uri
-    fs, path = get_filesystem(output_uri, storage)
     with tempfile.TemporaryDirectory(prefix="deco-export-") as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
-        fs.put(tmp + "/", path, recursive=True)
+        copy_dir(tmp, output_uri, storage)
     log.info("exported model to %s", output_uri)
     return output_uri
 
 
 def load_init_model(uri: str, storage: StorageConfig | None = None) -> DecoModel:
-    """Load an exported model from a local path or a remote URI (downloaded to a temp dir)."""
-    if not is_remote(uri):
-        return DecoModel.from_pretrained(uri)
-    fs, path = get_filesystem(uri, storage)
-    tmp = tempfile.mkdtemp(prefix="deco-init-")
-    fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-    return DecoModel.from_pretrained(Path(tmp))
+    """Load an exported model from a local path or a remote URI (downloaded to a temp dir, removed after)."""
+    with local_copy(uri, storage, prefix="deco-init-") as path:
+        return DecoModel.from_pretrained(path)
