@@ -12,7 +12,6 @@ import math
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,9 +133,8 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
     """
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
-    from deco_core.tracking import ensure_experiment, resolve_tracking_uri
+    from deco_core.tracking import ensure_experiment, log_batch, resolve_tracking_uri
 
     active = mlflow.active_run()
     if run_id is None and active is not None:
@@ -150,11 +148,8 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
     if started:
         exp_id = ensure_experiment(client, tracking.experiment, root)
         run_id = client.create_run(exp_id, run_name="evaluate").info.run_id
-        if params:
-            for key, value in params.items():
-                client.log_param(run_id, key, str(value)[:6000])
-    stamp = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in sorted(metrics.items())])
+        log_batch(client, run_id, params=params or {})
+    log_batch(client, run_id, metrics=dict(sorted(metrics.items())))
     for artifact_path, local in artifacts.items():
         if Path(local).is_dir():
             client.log_artifacts(run_id, str(local), artifact_path)

@@ -23,7 +23,7 @@ from deco_core.data.transforms import ImageTransform
 from deco_core.model.projector_config import projector_num_tokens
 from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
 from deco_core.model.tokenizer_view import tokenizer_view
-from deco_core.tracking import get_or_create_run, resolve_tracking_uri
+from deco_core.tracking import get_or_create_run, log_batch, resolve_tracking_uri
 from deco_core.train.deepspeed import build_ds_config
 from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
 from deco_core.train.faults import fault_hook_from_env
@@ -190,8 +190,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri)
-        for k, v in data_metrics.items():
-            client.log_metric(run_id, k, v, step=int(metrics.get("step", 0)))
+        log_batch(client, run_id, metrics=data_metrics, step=int(metrics.get("step", 0)))
         client.set_terminated(run_id, "FINISHED")
     clock.mark("end")
     marks = {**{k.removeprefix("phase/"): v for k, v in metrics.items() if k.startswith("phase/")}, **clock.marks}
