@@ -98,15 +98,23 @@ class DataConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
+#: What each stage trains by default (a stage's ``train_*`` fields start from its row): the one table.
+STAGE_TRAINABLE: dict[str, tuple[bool, bool, bool]] = {
+    # stage       vision  projector  llm
+    "pretrain": (False, True, False),
+    "finetune": (False, True, True),
+}
+
+
 @dataclass
 class TrainConfig:
     """One training stage (pretrain or finetune) on Ray Train + DeepSpeed."""
 
     stage: str = chosen("pretrain", ("pretrain", "finetune"))
     template: str = "plain"
-    train_vision: bool = False
-    train_projector: bool = True
-    train_llm: bool = False
+    train_vision: bool = STAGE_TRAINABLE["pretrain"][0]
+    train_projector: bool = STAGE_TRAINABLE["pretrain"][1]
+    train_llm: bool = STAGE_TRAINABLE["pretrain"][2]
     lr: float = ranged(1e-3, gt=0)
     weight_decay: float = ranged(0.0, ge=0)
     warmup_ratio: float = ranged(0.03, ge=0, lt=1)
@@ -140,9 +148,22 @@ class TrainConfig:
     init_from: str | None = None  # URI of an exported model to start from
     output_uri: str | None = None  # where the exported model goes (default: <run root>/<stage>/model)
 
-    def grad_accum_steps(self) -> int:
-        """Micro-batches accumulated per optimizer step so that global = micro × accum × workers."""
-        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+    def grad_accum_steps(self, world_size: int | None = None) -> int:
+        """Micro-batches accumulated per optimizer step (see `grad_accum_steps`); ``world_size`` defaults to
+        ``num_workers``."""
+        return grad_accum_steps(self.global_batch_size, self.micro_batch_size, world_size or self.num_workers)
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """The global-batch rule, global = micro × accumulation × workers (the data-parallel world size): the
+    accumulation steps, or ValueError naming the numbers when ``global_batch`` is not a positive multiple of
+    micro × workers."""
+    per_step = micro_batch * world_size
+    if per_step <= 0 or global_batch < per_step or global_batch % per_step:
+        raise ValueError(f"global_batch_size={global_batch} is not a positive multiple of micro_batch_size × "
+                         f"workers = {micro_batch} × {world_size} = {per_step} (global = micro × accumulation × "
+                         "workers)")
+    return global_batch // per_step
 
 
 @dataclass
@@ -219,7 +240,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(
-        default_factory=lambda: TrainConfig(stage="finetune", template="vicuna_v1", train_llm=True, lr=2e-5)
+        default_factory=lambda: TrainConfig(stage="finetune", template="vicuna_v1", lr=2e-5, **dict(zip(
+            ("train_vision", "train_projector", "train_llm"), STAGE_TRAINABLE["finetune"], strict=True)))
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig
 
 from deco_core.config import ConfigError, ModelConfig, to_dict
+from deco_core.config_schema import STAGE_TRAINABLE
 from deco_core.model.hf import hf_config, register_auto_classes
 from deco_core.model.llm import build_llm, llm_from_hf_config
 from deco_core.model.projector_config import ProjectorConfig
@@ -36,11 +37,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "deco_config.json"
 WEIGHTS_FILE = "model.safetensors"
 # Which modules train in each stage: (vision, projector, llm). Overridable per stage from config.
-STAGE_TRAINABLE: dict[str, tuple[bool, bool, bool]] = {
-    # stage       vision  projector  llm
-    "pretrain": (False, True, False),
-    "finetune": (False, True, True),
-}
 
 
 class DecoModel(nn.Module):

@@ -32,10 +32,7 @@ def build_ds_config(t: TrainConfig, world_size: int, use_gpu: bool) -> dict[str,
         raise ConfigError(f"stage {t.stage}: deepspeed_config is empty; it is filled from "
                           f"conf/deepspeed/{t.deepspeed}.yaml when the config is composed (deco_core.config.compose)")
     ds = copy.deepcopy(dict(t.deepspeed_config))
-    accum = t.global_batch_size // (t.micro_batch_size * world_size)
-    if accum * t.micro_batch_size * world_size != t.global_batch_size:
-        raise ValueError(f"global_batch_size={t.global_batch_size} is not micro_batch_size={t.micro_batch_size} × "
-                         f"accumulation × world_size={world_size}")
+    accum = t.grad_accum_steps(world_size)
     ds.update({
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,

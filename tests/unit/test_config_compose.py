@@ -76,3 +76,28 @@ def test_fault_injection_is_not_in_the_schema() -> None:
     assert "fail_at_step" not in {f.name for f in dataclasses.fields(TrainConfig)}
     with pytest.raises(ConfigError):
         compose("pipeline/tiny", ["pretrain.fail_at_step=3"])
+
+
+def test_stage_trainability_defaults_come_from_one_table() -> None:
+    """The schema's pretrain and finetune defaults are STAGE_TRAINABLE's rows (the model's freeze uses it too)."""
+    from deco_core.config import Config
+    from deco_core.config_schema import STAGE_TRAINABLE
+
+    cfg = Config()
+    for stage in ("pretrain", "finetune"):
+        t = getattr(cfg, stage)
+        assert (t.train_vision, t.train_projector, t.train_llm) == STAGE_TRAINABLE[stage]
+
+
+def test_global_batch_rule_is_shared_by_config_and_deepspeed() -> None:
+    """global = micro × accumulation × workers: one function gives the accumulation or names the numbers."""
+    from deco_core.config_schema import grad_accum_steps
+
+    assert grad_accum_steps(64, 8, 2) == 4
+    for bad in ((33, 8, 2), (8, 8, 2), (0, 1, 1)):
+        with pytest.raises(ValueError, match="not a positive multiple"):
+            grad_accum_steps(*bad)
+    t = compose("pipeline/tiny", ["finetune.global_batch_size=64", "finetune.micro_batch_size=8"]).finetune
+    assert build_ds_config(t, world_size=2, use_gpu=False)["gradient_accumulation_steps"] == 4
+    with pytest.raises(ValueError, match="micro_batch_size × workers = 8 × 3"):
+        build_ds_config(t, world_size=3, use_gpu=False)
