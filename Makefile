@@ -38,13 +38,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check deco_core pipelines tests
 
 bench: $(STAMP)
-	$(PY) -m pipelines.bench
+	$(PY) -m pipelines.experiments.bench
 
 reproduce: $(STAMP)
-	$(PY) -m pipelines.reproduce
+	$(PY) -m pipelines.experiments.reproduce
 
 results: $(STAMP)  ## copy runs/bench + runs/reproduce results into docs/results and the README
-	$(PY) -m pipelines.results publish
+	$(PY) -m pipelines.experiments.results publish
 
 services-up: $(STAMP)
 	bash infra/local/up.sh

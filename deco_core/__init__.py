@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 def register_auto_classes() -> None:
     """Register ``model_type: "deco"`` with transformers' auto classes (idempotent; imports transformers)."""
+    from deco_core.model.deco import DecoModel
     from deco_core.model.hf import register_auto_classes as register
 
-    register()
+    register(DecoModel)

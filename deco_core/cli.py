@@ -1,4 +1,7 @@
-"""The ``deco`` command line: one Typer sub-app per area (model, data, train, eval, analyze, pipeline)."""
+"""The library side of the ``deco`` command line: the global options, the ``model`` sub-app, config loading and
+one-line errors, and the data / eval / analyze sub-apps (``register_subcommands``). The ``deco`` root itself,
+with the pipeline, train and retrain commands, is assembled by the orchestration layer on top of this module;
+``app`` here is the library-only command line."""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ OVERRIDES_ARG = typer.Argument(None, help="Overrides such as pretrain.lr=3e-4 or
 STATE = {"debug": False}
 
 
-@app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
-          debug: bool = typer.Option(False, "--debug", help="Full tracebacks for errors (else one line).")) -> None:
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+                 debug: bool = typer.Option(False, "--debug", help="Full tracebacks for errors (else one line).")) -> None:
+    """Global options: logging level and --debug (set on whichever root app uses this callback)."""
     STATE["debug"] = debug
     setup_logging(level=logging.DEBUG if verbose else None)
 
@@ -99,17 +102,19 @@ def model_export(model_dir: Path = typer.Argument(..., help="An exported DeCo mo
                   f"LlavaForConditionalGeneration.from_pretrained({str(out_dir)!r})")
 
 
-SUBCOMMAND_MODULES = ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze", "pipelines.cli")
+SUBCOMMAND_MODULES = ("deco_core.cli_data", "deco_core.cli_eval", "deco_core.cli_analyze")
 
 
-def register_subcommands() -> None:
-    """Attach the sub-apps that live in other modules (each module keeps its heavy imports inside commands)."""
+def register_subcommands(target: typer.Typer | None = None) -> None:
+    """Attach the library sub-apps that live in other modules to ``target`` (default: this module's ``app``); each
+    module keeps its heavy imports inside commands."""
     import importlib
 
     for module in SUBCOMMAND_MODULES:
-        importlib.import_module(module).register(app)
+        importlib.import_module(module).register(target or app)
 
 
+app.callback()(main_options)
 register_subcommands()
 
 

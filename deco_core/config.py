@@ -40,7 +40,7 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
     VisionConfig,
 )
 from deco_core.data.conversation import TEMPLATES
-from deco_core.secrets import redact_secrets  # noqa: F401  (re-exported)
+from deco_core.secrets import redact_secrets  # noqa: F401  (re-exported: deco_core.config.redact_secrets)
 
 
 def _locate_conf_dir() -> Path:

@@ -216,7 +216,7 @@ class PipelineConfig:
 
 @dataclass
 class RetrainConfig:
-    """Scheduled retraining (pipelines/retrain.py): how a fresh challenger is trained and judged.
+    """Scheduled retraining (pipelines/ops/retrain.py): how a fresh challenger is trained and judged.
 
     ``metric`` is any flat eval metric key; the challenger is promoted iff it beats the champion by at least
     ``margin`` in the direction of ``higher_is_better``. ``init``: ``champion`` finetunes from the current

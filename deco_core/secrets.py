@@ -3,8 +3,9 @@
 A name (config key or environment variable) holds a secret when, lower-cased and split on non-alphanumerics,
 it contains a marker substring (secret, password, passwd, credential), has "token" as a whole word (HF_TOKEN,
 api_token — not num_tokens or TOKENIZERS_PARALLELISM), or ends with a key suffix (api_key, private_key,
-access_key, access_key_id). Secret values found in the environment and passwords inside URLs are masked in any
-message we log or raise; config dicts get secret-named values masked as well before they are logged.
+access_key, access_key_id). Secret values found in the environment, passwords inside URLs and the values of
+secret-named ``name=value`` pairs (query strings, command lines) are masked in any message we log or raise; config
+dicts get secret-named values masked as well before they are logged.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SECRET_SUFFIXES = ("api_key", "apikey", "private_key", "access_key", "access_key
 MIN_SECRET_LEN = 4
 MASK = "***"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+# name=value with a name as config keys, env vars and query parameters spell them (X-Amz-Security-Token=...).
+_KEY_VALUE = re.compile(r"(?P<head>(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=[\"']?)[^\s,;&'\"]+")
 
 
 def is_secret_name(name: str) -> bool:
@@ -47,10 +50,16 @@ def secret_values(extra: Iterable[str] = ()) -> list[str]:
 
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """Replace secret values from the environment (and ``extra``) and URL passwords in ``text`` with ***."""
+    """Replace secret values from the environment (and ``extra``), URL passwords and the values of secret-named
+    ``name=value`` pairs in ``text`` with ***."""
     for value in secret_values(extra):
         text = text.replace(value, MASK)
-    return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    return _KEY_VALUE.sub(_mask_pair, text)
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    return match["head"] + MASK if is_secret_name(match["name"]) else match[0]
 
 
 def redact_secrets(data: Any, _key: str = "") -> Any:

@@ -1,4 +1,6 @@
-"""``deco pipeline run|status|submit``, ``deco train pretrain|finetune`` and ``deco retrain``."""
+"""The ``deco`` root command line (``deco = "pipelines.cli:app"``): the library's pieces from deco_core.cli (global
+options, ``model``, ``data``, ``eval``, ``analyze``) plus the orchestration commands defined here: ``deco pipeline
+run|status|submit``, ``deco train pretrain|finetune`` and ``deco retrain``."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from deco_core import cli as core_cli
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -21,17 +25,16 @@ OVERRIDES = typer.Argument(None, help="Overrides such as finetune.max_steps=200 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """A held root, an unreachable service or a refused submission ends the command with its one-line message."""
-    from deco_core.cli import STATE, fail
-    from pipelines.lock import RootLocked
-    from pipelines.probe import ServiceUnreachable
-    from pipelines.submit import SubmitError
+    from pipelines.ops.submit import SubmitError
+    from pipelines.workflow.lock import RootLocked
+    from pipelines.workflow.probe import ServiceUnreachable
 
     try:
         yield
     except (RootLocked, ServiceUnreachable, SubmitError) as exc:
-        if STATE["debug"]:
+        if core_cli.STATE["debug"]:
             raise
-        raise fail(f"[red]error:[/red] {exc}", 3) from None
+        raise core_cli.fail(f"[red]error:[/red] {exc}", 3) from None
 
 
 def check_stages(stages: str | None, valid: list[str]) -> list[str] | None:
@@ -41,17 +44,13 @@ def check_stages(stages: str | None, valid: list[str]) -> list[str] | None:
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in valid]
     if unknown or not chosen:
-        from deco_core.cli import fail
-
-        raise fail(f"[red]error:[/red] --stages {stages!r}: unknown stage(s) {', '.join(unknown) or '(none given)'}; "
-                   f"valid: {', '.join(valid)}", 2)
+        raise core_cli.fail(f"[red]error:[/red] --stages {stages!r}: unknown stage(s) "
+                            f"{', '.join(unknown) or '(none given)'}; valid: {', '.join(valid)}", 2)
     return chosen
 
 
 def _compose(config: str, overrides: list[str] | None):
-    from deco_core.cli import load_config
-
-    return load_config(config, overrides)
+    return core_cli.load_config(config, overrides)
 
 
 def _value(value) -> str:
@@ -84,7 +83,7 @@ def run(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
         stages: str | None = typer.Option(None, help="Comma-separated stages to run (default: all)."),
         force: bool = typer.Option(False, help="Rerun stages even when their outputs are cached.")) -> None:
     """Run the workflow: completed stages with matching fingerprints are skipped."""
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.runner import Workflow
 
     cfg = _compose(config, overrides)
     only = check_stages(stages, cfg.pipeline.stages)
@@ -98,8 +97,8 @@ def run(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
 @pipeline_app.command("status")
 def status(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) -> None:
     """Show each stage's state (done / stale / failed / running / interrupted / pending) and its outputs."""
-    from pipelines.probe import ServiceUnreachable, storage_problems
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.probe import ServiceUnreachable, storage_problems
+    from pipelines.workflow.runner import Workflow
 
     wf = Workflow(_compose(config, overrides))
     with one_line_errors():
@@ -122,7 +121,7 @@ def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
            stages: str | None = typer.Option(None, help="Comma-separated stages (default: all)."),
            wait: bool = typer.Option(True, help="Stream logs and wait for each job.")) -> None:
     """Run the stages as Ray Jobs on a cluster, one job per stage, in order."""
-    from pipelines.submit import submit_pipeline
+    from pipelines.ops.submit import submit_pipeline
 
     cfg = _compose(config, overrides)
     with one_line_errors():
@@ -141,7 +140,7 @@ def submit(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES,
 
 
 def _train(stage: str, config: str, overrides: list[str] | None) -> None:
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.runner import Workflow
 
     cfg = _compose(config, overrides)
     upstream = {"pretrain": ["prepare_data", "pretrain"], "finetune": ["prepare_data", "pretrain", "finetune"]}
@@ -174,8 +173,27 @@ def finetune(config: str = CONFIG_OPT, overrides: list[str] | None = OVERRIDES) 
 
 
 def register(app: typer.Typer) -> None:
+    """Attach ``pipeline``, ``train`` and ``retrain`` to a root app."""
+    from pipelines.ops.retrain_cli import register as register_retrain
+
     app.add_typer(pipeline_app, name="pipeline")
     app.add_typer(train_app, name="train")
-    from pipelines.retrain_cli import register as register_retrain
-
     register_retrain(app)
+
+
+def build_app() -> typer.Typer:
+    """The ``deco`` root: global options, the library sub-apps, then the orchestration commands."""
+    root = typer.Typer(help="DeCo pipeline: data, training, evaluation and analysis on Ray + DeepSpeed + MLflow.",
+                       no_args_is_help=True, pretty_exceptions_show_locals=False)
+    root.callback()(core_cli.main_options)
+    root.add_typer(core_cli.model_app, name="model")
+    core_cli.register_subcommands(root)
+    register(root)
+    return root
+
+
+app = build_app()
+
+
+if __name__ == "__main__":
+    app()

@@ -128,7 +128,7 @@ def locality_scores(model, samples: Sequence[LocalitySample], teacher_force: boo
     JSON-ready); with
     `keep_results` > 0 also the first (sample, RelevanceResult) pairs under "results", for plotting.
     """
-    from deco_core.analysis.relevance_model import analyze_relevance
+    from deco_core.analysis.explain import analyze_relevance
 
     rows: list[dict[str, Any]] = []
     results = []

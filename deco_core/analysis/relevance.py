@@ -212,7 +212,7 @@ class RelevanceResult:
 
 # Model-level entry points live in sibling modules; they are importable from here too (lazily, no cycle).
 _MODEL_LEVEL = {
-    "analyze_relevance": "deco_core.analysis.relevance_model",
+    "analyze_relevance": "deco_core.analysis.explain",
     "build_inputs": "deco_core.analysis.relevance_model",
     "text_to_query": "deco_core.analysis.relevance_model",
     "query_to_patch": "deco_core.analysis.relevance_q2p",

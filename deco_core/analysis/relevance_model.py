@@ -2,7 +2,7 @@
 
 The LLM runs with eager attention (SDPA never materialises the probabilities) and returns its post-softmax maps;
 for each answer token the target logit is differentiated w.r.t. every LLM map (and every captured projector
-map), and R is propagated over the LLM layers. `analyze_relevance` assembles the full `RelevanceResult`.
+map), and R is propagated over the LLM layers. `deco_core.analysis.explain.analyze_relevance` assembles the full `RelevanceResult`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ from PIL import Image
 from torch import Tensor
 
 from deco_core.analysis.relevance import (
-    RelevanceResult,
-    aggregate_words,
     avg_heads,
-    grid_side,
-    normalize_rows,
     propagate_query_to_patch,
     relevance_row,
-    text_to_patch,
 )
 from deco_core.data.conversation import Segment, prompt_text, tokenize_segments
 from deco_core.data.prompts import with_image
@@ -216,7 +211,7 @@ def text_to_query(model, sample_inputs: RelevanceInputs, target_positions: Seque
                   start_layer: int = 0, end_layer: int | None = None) -> Tensor:
     """Text-to-Query relevance [T_answer, M] (raw, non-negative), one row per target answer token.
 
-    Rows for several tokens of one word are aggregated by the mean (see `analyze_relevance`).
+    Rows for several tokens of one word are aggregated by the mean (see `deco_core.analysis.explain.analyze_relevance`).
     """
     return token_relevance(model, sample_inputs, target_positions, start_layer, end_layer)[0]
 
@@ -240,40 +235,6 @@ def generate_answer(model, pixels: np.ndarray, prompt: str, max_new_tokens: int 
     return out[: out.index(eos)] if eos in out else out
 
 
-def analyze_relevance(model, image: Image.Image, prompt: str, answer: str | None = None, max_new_tokens: int = 16,
-                      start_layer: int = 0, end_layer: int | None = None) -> RelevanceResult:
-    """Text-to-Query, Query-to-Patch and Text-to-Patch maps for one image and prompt.
-
-    `answer` None: the greedy answer is generated first, then teacher-forced. Word rows are the mean of their
-    tokens' raw rows, then divided by their maximum.
-    """
-    from deco_core.analysis.relevance_q2p import q2p_method, query_to_patch
-
-    pixels = image_pixels(model, image)
-    answer_ids = None
-    if answer is None:
-        answer_ids = generate_answer(model, pixels, prompt, max_new_tokens)
-        log.info("generated answer: %r", model.tokenizer.decode(answer_ids))
-        if not answer_ids:
-            raise ValueError("relevance: the model generated an empty answer; give the answer to explain")
-    inputs = build_inputs(model, pixels, prompt, answer, answer_ids)
-    method = q2p_method(model)
-    t2q, token_q2p = token_relevance(model, inputs, None, start_layer, end_layer,
-                                     with_projector=method == "attention-rules")
-    q2p = token_q2p.mean(dim=0) if token_q2p is not None else query_to_patch(model, inputs)
-    token_t2p = text_to_patch(t2q, token_q2p if token_q2p is not None else q2p, normalize=False)  # [T, N]
-    n_words = len(inputs.words)
-    num_patches = q2p.shape[1]
-    return RelevanceResult(
-        prompt=inputs.prompt, answer=inputs.answer, projector=model.cfg.projector.name, q2p_method=method,
-        tokens=inputs.tokens, words=inputs.words, word_index=inputs.word_index,
-        t2q=normalize_rows(aggregate_words(t2q, inputs.word_index, n_words)),
-        t2p=normalize_rows(aggregate_words(token_t2p, inputs.word_index, n_words)),
-        q2p=q2p, token_t2q=t2q, token_t2p=token_t2p, patch_grid=grid_side(num_patches) or 0,
-        query_grid=grid_side(q2p.shape[0]), token_q2p=token_q2p,
-    )
-
-
-__all__ = ["ForwardPass", "RelevanceInputs", "analyze_relevance", "build_inputs", "generate_answer",
+__all__ = ["ForwardPass", "RelevanceInputs", "build_inputs", "generate_answer",
            "group_words", "relevance_forward", "relevance_mode", "text_to_query", "token_relevance",
            "with_image_placeholder"]

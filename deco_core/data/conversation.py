@@ -18,16 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deco_core.data.prompts import IMAGE_TOKEN
+from deco_core.data.prompts import EOS_TOKEN, IMAGE_TOKEN, VICUNA_SYSTEM
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 
 
@@ -90,7 +86,7 @@ def vicuna_v1_segments(conversations: list[dict[str, Any]], system: str = VICUNA
             segs.append(Segment(f"{prefix}USER: {turn['value']} ASSISTANT:", False))
             prefix = ""
         else:
-            segs.append(Segment(f" {turn['value']}</s>", True))
+            segs.append(Segment(f" {turn['value']}{EOS_TOKEN}", True))
     if len(conversations) % 2:
         segs.pop()  # a trailing question with no answer teaches nothing
     return segs
@@ -121,8 +117,9 @@ def prompt_text(question: str, template: str = "vicuna_v1") -> str:
 
 def template_strings() -> list[str]:
     """Every fixed string the templates emit (so an offline tokenizer can cover them)."""
-    return [VICUNA_SYSTEM + " USER: <image>\nq ASSISTANT: a</s>USER: q ASSISTANT: a</s>", "<image>a\n",
-            "USER: <image>\nq ASSISTANT: a</s>"]
+    image, eos = IMAGE_TOKEN, EOS_TOKEN
+    return [f"{VICUNA_SYSTEM} USER: {image}\nq ASSISTANT: a{eos}USER: q ASSISTANT: a{eos}", f"{image}a\n",
+            f"USER: {image}\nq ASSISTANT: a{eos}"]
 
 
 def get_template(name: str):

@@ -7,6 +7,14 @@ from __future__ import annotations
 #: The placeholder a conversation's first human turn carries where the visual tokens go; also the tokenizer's
 #: special token that the model expands into the projector's output tokens.
 IMAGE_TOKEN = "<image>"
+#: The offline tokenizer's other special tokens: padding, unknown word, begin and end of sequence. EOS_TOKEN also
+#: closes every assistant turn of the vicuna_v1 templates (real tokenizers bring their own EOS string).
+PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
+#: Vicuna v1's system line (LLaVA-1.5 ``conv_vicuna_v1``), the opening of the ``vicuna_v1`` template.
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 #: LLaVA-1.5's suffix for short-answer questions (VQAv2, GQA, POPE, MME, ShapesWorld VQA).
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 #: LLaVA-1.5's suffix for multiple-choice questions (MMBench, ShapesWorld MC).

@@ -56,7 +56,7 @@ __all__ = [
     "popular_combos", "render_png", "sample_rngs", "sample_scene", "shapes_vocabulary", "split_words",
 ]  # fmt: skip
 
-SHAPES_WORD_PATTERN = r"<image>|\d+\.\d+|\d+|[A-Za-z]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9]"
+SHAPES_WORD_PATTERN = re.escape(IMAGE_TOKEN) + r"|\d+\.\d+|\d+|[A-Za-z]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9]"
 """Word split assumed by the vocabulary: '<image>', decimals (0.12) and integers whole, words with an
 inner apostrophe (option's) whole, every other non-space character alone. Case-sensitive."""
 _WORD_RE = re.compile(SHAPES_WORD_PATTERN)

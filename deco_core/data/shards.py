@@ -38,7 +38,7 @@ from deco_core.data.shard_reader import (
     read_manifest,
     verify_manifest,
 )
-from deco_core.data.storage import StorageConfig, get_filesystem, is_remote, join_uri, with_retries
+from deco_core.data.storage import StorageConfig, copy_file, get_filesystem, is_remote, join_uri, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ def _progress(enabled: bool, total: int | None, label: str) -> Iterator:
 class _Publisher:
     """Moves finished local temp files to their final name, atomically.
 
-    Local: the temp file sits beside its target and `os.replace` renames it. S3: the file is uploaded
-    with one `put_file`; an S3 object (single PUT or multipart upload) only becomes visible once the
-    upload completes, so a reader never sees a half-written shard and no `.tmp/` key is needed.
+    Local: the temp file sits beside its target and `os.replace` renames it. S3: the file is uploaded by
+    `storage.copy_file` (one ``put_file``, retried); an S3 object (single PUT or multipart upload) only becomes
+    visible once the upload completes, so a reader never sees a half-written shard and no `.tmp/` key is needed.
     """
 
     def __init__(self, out_uri: str, storage: StorageConfig) -> None:
@@ -91,9 +91,7 @@ class _Publisher:
         if not self.remote:
             os.replace(tmp, os.path.join(self.root, name))
             return
-        target = f"{self.root}/{name}"
-        with_retries(lambda: self.fs.put_file(tmp, target), f"upload {name}", self.storage,
-                     uri=join_uri(self.out_uri, name))
+        copy_file(tmp, join_uri(self.out_uri, name), self.storage, what=f"upload {name}")
         os.remove(tmp)
 
     def remove_stale_manifest(self) -> None:

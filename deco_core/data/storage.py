@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.fs as pafs
 
-from deco_core.secrets import has_url_password, is_secret_name, redact  # noqa: F401  (re-exported)
+from deco_core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def copy_dir(src: str | os.PathLike, dst: str | os.PathLike, cfg: StorageConfig 
     """Copy the contents of folder ``src`` into folder ``dst`` — local → local, local → URI or URI → local —
     with `with_retries` around every remote call; returns ``dst``.
 
-    ``names``: copy only these entries of ``src`` (files or sub-folders) instead of everything. Raises
-    FileNotFoundError naming ``src`` when there is nothing to copy, ValueError for URI → URI.
+    ``names``: copy only these entries of ``src`` (files, through `copy_file`, or sub-folders) instead of
+    everything. Raises FileNotFoundError naming ``src`` when there is nothing to copy, ValueError for URI → URI.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     if is_remote(src) and is_remote(dst):
@@ -200,7 +200,9 @@ def copy_dir(src: str | os.PathLike, dst: str | os.PathLike, cfg: StorageConfig 
         d_path = get_filesystem(d, cfg)[1] if is_remote(d) else d
         is_dir = os.path.isdir(s) if not is_remote(s) else with_retries(lambda p=s_path: fs.isdir(p), f"stat {s}",
                                                                          cfg, uri=s)
-        if not is_remote(s) and not is_remote(d):
+        if name and not is_dir:
+            copy_file(s, d, cfg, what=f"{'upload' if upload else 'download' if download else 'copy'} {name}")
+        elif not is_remote(s) and not is_remote(d):
             _copy_local(s, d, is_dir)
         elif is_remote(d):
             src_arg = s.rstrip("/") + "/" if is_dir else s  # trailing '/': a folder's contents, not the folder
@@ -210,6 +212,26 @@ def copy_dir(src: str | os.PathLike, dst: str | os.PathLike, cfg: StorageConfig 
             src_arg = s_path.rstrip("/") + "/" if is_dir else s_path
             with_retries(lambda a=src_arg, b=d, r=is_dir: fs.get(a, b, recursive=r), f"download {name or s}", cfg,
                          uri=s)
+    return dst
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike, cfg: StorageConfig | None = None, *,
+              what: str | None = None) -> str:
+    """Copy one file to the file path ``dst`` — local → local, local → URI or URI → local — with `with_retries`
+    around the remote call (``what`` names it in messages); returns ``dst``. An upload is one ``put_file``: the
+    object becomes visible only once it is complete. Raises ValueError for URI → URI."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if is_remote(src) and is_remote(dst):
+        raise ValueError(f"copy_file({src!r}, {dst!r}): one side must be a local file")
+    if is_remote(dst):
+        fs, path = get_filesystem(dst, cfg)
+        with_retries(lambda: fs.put_file(src, path), what or f"upload {os.path.basename(src)}", cfg, uri=dst)
+    elif is_remote(src):
+        fs, path = get_filesystem(src, cfg)
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        with_retries(lambda: fs.get_file(path, dst), what or f"download {os.path.basename(path)}", cfg, uri=src)
+    else:
+        _copy_local(src, dst, False)
     return dst
 
 

@@ -134,7 +134,7 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
     import mlflow
     from mlflow import MlflowClient
 
-    from deco_core.tracking import ensure_experiment, log_batch, resolve_tracking_uri
+    from deco_core.tracking import ensure_experiment, log_batch, log_path, resolve_tracking_uri
 
     active = mlflow.active_run()
     if run_id is None and active is not None:
@@ -151,10 +151,7 @@ def log_to_mlflow(metrics: Mapping[str, float], artifacts: Mapping[str, Path], t
         log_batch(client, run_id, params=params or {})
     log_batch(client, run_id, metrics=dict(sorted(metrics.items())))
     for artifact_path, local in artifacts.items():
-        if Path(local).is_dir():
-            client.log_artifacts(run_id, str(local), artifact_path)
-        else:
-            client.log_artifact(run_id, str(local), artifact_path)
+        log_path(client, run_id, local, artifact_path)
     if views is not None:
         views(client, run_id)
     if started:

@@ -17,6 +17,7 @@ from typing import Any
 from deco_core.data.prompts import (
     IMAGE_TOKEN,
     MC_SUFFIX,
+    MME_ORIGINAL_SUFFIX,
     REC_PROMPT,
     SHORT_ANSWER_SUFFIX,
 )
@@ -253,7 +254,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("textvqa",        _OPEN, "vqa_normalised",  "accuracy",    _S,     None,     16),
     Task("pope",           _MLLM, "pope",            "f1",          _S,     None,     8, chance=0.5),
     Task("mme",            _MLLM, "mme",             "accuracy",    _S,     None,     8,       None,
-         (("Please answer yes or no.", ""),)),
+         ((MME_ORIGINAL_SUFFIX, ""),)),
     Task("mmbench",        _MLLM, "multiple_choice", "accuracy",    _MC,    None,     8, chance=0.25),
     Task("refcoco",        _LOC,  "rec",             "acc_at_0.5",  "",     _T,       32),
 )}

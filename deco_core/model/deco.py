@@ -253,6 +253,6 @@ def _model_from_dict(data: dict[str, Any]) -> ModelConfig:
                           f"{str(exc).splitlines()[0]}") from None
 
 
-register_auto_classes()
+register_auto_classes(DecoModel)
 
 __all__ = ["DecoModel", "ProjectorConfig", "STAGE_TRAINABLE"]

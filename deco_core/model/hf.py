@@ -43,16 +43,14 @@ def hf_config(meta: dict[str, Any]) -> DecoConfig:
     return DecoConfig(**meta, architectures=[ARCHITECTURE])
 
 
-def register_auto_classes() -> None:
-    """Register ``DecoConfig`` with ``AutoConfig`` and ``DecoModel`` with ``AutoModelForImageTextToText``
-    (idempotent)."""
+def register_auto_classes(model_cls: type) -> None:
+    """Register ``DecoConfig`` with ``AutoConfig`` and ``model_cls`` (``DecoModel``, which calls this when its
+    module is imported) with ``AutoModelForImageTextToText`` (idempotent)."""
     global _registered
     if _registered:
         return
-    from deco_core.model.deco import DecoModel
-
     AutoConfig.register(MODEL_TYPE, DecoConfig, exist_ok=True)
-    AutoModelForImageTextToText.register(DecoConfig, DecoModel, exist_ok=True)
+    AutoModelForImageTextToText.register(DecoConfig, model_cls, exist_ok=True)
     _registered = True
     log.debug("registered model_type %r with AutoConfig and AutoModelForImageTextToText", MODEL_TYPE)
 

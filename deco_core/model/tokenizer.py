@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from deco_core.data.prompts import IMAGE_TOKEN
+from deco_core.data.prompts import BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN, PAD_TOKEN, UNK_TOKEN
 
 if TYPE_CHECKING:
     from deco_core.config import TokenizerConfig
@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE_TOKEN]
+SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]
 _SPACE = "\u2581"
 # Punctuation is split off together with the space before it (" [" is one token "▁[", never a bare "▁" then
 # "["); a '.' between digits stays inside the number so "0.12" is one token.
@@ -31,7 +30,8 @@ _SPECIAL_SPLIT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 
 
 def _word_level(vocab: dict[str, int] | None = None) -> Tokenizer:
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK) if vocab else models.WordLevel(unk_token=UNK))
+    model = models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN) if vocab else models.WordLevel(unk_token=UNK_TOKEN)
+    tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="never", split=True),
         pre_tokenizers.Split(_PUNCT, behavior="isolated"),
@@ -69,7 +69,7 @@ def train_word_tokenizer(texts: Iterable[str], words: Iterable[str] = ()) -> Pre
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """A transformers fast tokenizer around our word-level ``tokenizers`` model and its special tokens."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=UNK, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+        tokenizer_object=tok, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         model_max_length=100_000, padding_side="right",
     )

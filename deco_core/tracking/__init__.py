@@ -1,5 +1,6 @@
 """MLflow tracking: runs and experiments (`runs`), rank-0 trackers (`trackers`), the one batch logger and what
-goes on parent runs (`batch`). The public names are re-exported here: ``from deco_core.tracking import X``."""
+goes on parent runs (`batch`), the model registry (`registry`: imported from its own module). The public
+names of runs, trackers and batch are re-exported here: ``from deco_core.tracking import X``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from deco_core.tracking.batch import (
     log_batch,
     log_headline_metrics,
     log_key_settings,
+    log_path,
     log_shard_datasets,
 )
 from deco_core.tracking.runs import (
@@ -35,9 +37,9 @@ from deco_core.tracking.trackers import (
 )
 
 __all__ = [
-    "EXPERIMENT_KIND_TAG", "HEADLINE_OUTPUTS", "KEY_SETTINGS", "MAX_METRICS_PER_CALL", "MAX_PARAMS_PER_CALL", "MAX_TAGS_PER_CALL",
-    "MODEL_TRAINING_KIND", "PARENT_TAG", "RUN_NAME_TAG",
+    "EXPERIMENT_KIND_TAG", "HEADLINE_OUTPUTS", "KEY_SETTINGS", "MAX_METRICS_PER_CALL", "MAX_PARAMS_PER_CALL",
+    "MAX_TAGS_PER_CALL", "MODEL_TRAINING_KIND", "PARENT_TAG", "RUN_NAME_TAG",
     "SYSTEM_METRICS_INTERVAL_S", "MlflowTracker", "NullTracker", "Tracker", "ensure_experiment", "get_or_create_run",
-    "headline_metrics", "log_batch", "log_headline_metrics", "log_key_settings", "log_shard_datasets",
+    "headline_metrics", "log_batch", "log_headline_metrics", "log_key_settings", "log_path", "log_shard_datasets",
     "make_tracker", "registry_client", "resolve_tracking_uri", "source_tags",
 ]

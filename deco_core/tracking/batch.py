@@ -1,5 +1,6 @@
 """The one MLflow batch logger (`log_batch`: chunked to MLflow's per-call limits, non-finite metrics dropped,
-long params cut) and what is logged through it on parent runs: key settings, headline metrics, shard datasets."""
+long params cut), the one artifact logger for a file or a folder (`log_path`), and what is logged on parent runs:
+key settings, headline metrics, shard datasets."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from deco_core.config import flatten, to_dict
@@ -51,6 +54,14 @@ def log_batch(client, run_id: str, metrics: Mapping[str, Any] | None = None, par
         ms, ps, ts = ms[MAX_METRICS_PER_CALL:], ps[MAX_PARAMS_PER_CALL:], ts[MAX_TAGS_PER_CALL:]
         calls += 1
     return calls
+
+
+def log_path(client, run_id: str, local: str | os.PathLike, artifact_path: str | None = None) -> None:
+    """Log a local file, or every file of a local folder, as artifacts of ``run_id`` under ``artifact_path``."""
+    if Path(local).is_dir():
+        client.log_artifacts(run_id, str(local), artifact_path)
+    else:
+        client.log_artifact(run_id, str(local), artifact_path)
 
 
 def log_key_settings(client, run_id: str, cfg: Any) -> None:

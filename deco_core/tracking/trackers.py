@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from deco_core.config import flatten
 from deco_core.secrets import redact_secrets
-from deco_core.tracking.batch import log_batch
+from deco_core.tracking.batch import log_batch, log_path
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +64,10 @@ class MlflowTracker:
         log_batch(self.client, self.run_id, metrics=metrics, step=step)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, path, artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, path, artifact_path)
+        log_path(self.client, self.run_id, path, artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        log_batch(self.client, self.run_id, tags=tags)
 
     def finish(self, status: str | None = "FINISHED") -> None:
         """Stop system metrics; mark the run terminated unless ``status`` is None (the driver does it)."""

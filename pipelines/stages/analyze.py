@@ -10,12 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.stages.common import stage_main
+from deco_core.analysis.run import run_analysis
+from deco_core.data.storage import is_remote, upload_dir
+from deco_core.tracking import MlflowTracker
+from pipelines.workflow.context import StageContext
 
 
-def run(ctx) -> dict[str, Any]:
-    from deco_core.data.storage import is_remote, upload_dir
-
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Score the finetuned model; a remote root gets the folder uploaded to the stage's output URI."""
     out_uri = ctx.out_uri()
     if not is_remote(out_uri):
         return _analyze(ctx, Path(out_uri), out_uri)
@@ -25,11 +27,8 @@ def run(ctx) -> dict[str, Any]:
     return outputs
 
 
-def _analyze(ctx, local_dir: Path, out_uri: str) -> dict[str, Any]:
+def _analyze(ctx: StageContext, local_dir: Path, out_uri: str) -> dict[str, Any]:
     """Score the finetuned model into ``local_dir``; log metrics and the folder to the stage's MLflow run."""
-    from deco_core.cli_analyze import run_analysis
-    from deco_core.tracking import MlflowTracker
-
     cfg = ctx.cfg
     model = ctx.inputs["finetune"]["model"]
     result = run_analysis(model, local_dir, cfg.analysis.num_samples, cfg.eval.seed, storage=cfg.data.storage)
@@ -40,6 +39,3 @@ def _analyze(ctx, local_dir: Path, out_uri: str) -> dict[str, Any]:
         tracker.log_artifact(str(local_dir), "analysis")
     return {"model": model, "out_dir": out_uri, **{k: round(v, 4) for k, v in scores.items()}}
 
-
-if __name__ == "__main__":
-    stage_main("analyze")

@@ -7,12 +7,13 @@ from typing import Any
 
 from deco_core.data.corpus import build_shapes_corpus
 from deco_core.data.shards import read_manifest
-from pipelines.stages.common import stage_main
+from pipelines.workflow.context import StageContext
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Write the ShapesWorld shards (or read the configured sources' manifests); log them as MLflow datasets."""
     data = ctx.cfg.data
     if data.pretrain_sources or data.finetune_sources:
         out: dict[str, Any] = {}
@@ -31,7 +32,7 @@ def run(ctx) -> dict[str, Any]:
     return {**uris.as_dict(), **{f"{k}_samples": m.total_samples for k, m in manifests.items()}}
 
 
-def _log_datasets(ctx, manifests: dict[str, Any]) -> None:
+def _log_datasets(ctx: StageContext, manifests: dict[str, Any]) -> None:
     """The shard sets as MLflow inputs of this stage's run and of the workflow's parent run."""
     if not ctx.run_id:
         return
@@ -45,6 +46,3 @@ def _log_datasets(ctx, manifests: dict[str, Any]) -> None:
             chosen = {k: m for k, m in manifests.items() if k.startswith("val_") == (context == "validation")}
             log_shard_datasets(client, run_id, chosen, context)
 
-
-if __name__ == "__main__":
-    stage_main("prepare_data")

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from deco_core.config import compose
-from pipelines.workflow import Workflow
+from pipelines.workflow.runner import Workflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 STAGES = "[prepare_data,pretrain,finetune,evaluate,register]"
@@ -49,7 +49,7 @@ def test_killed_run_resumes_at_finetune_then_caches(ray_local, mlflow_server, tm
     root = tmp_path / "wf"
     overrides = _overrides(root, mlflow_server.uri)
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deco_core.cli", "pipeline", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--config",
                              "conf/pipeline/tiny.yaml", *overrides], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

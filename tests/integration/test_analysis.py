@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deco_core.analysis.locality import locality_samples, locality_scores
+from deco_core.analysis.run import run_analysis
 from deco_core.cli import app
-from deco_core.cli_analyze import run_analysis
 from deco_core.config import compose
 from deco_core.data.conversation import preprocess_conversation
 from deco_core.data.prompts import IMAGE_TOKEN, SHORT_ANSWER_SUFFIX

@@ -13,9 +13,9 @@ import torch
 from mlflow import MlflowClient
 
 from deco_core.config import ConfigError, compose
-from pipelines.bench_report import IncompleteResultError, check_complete
-from pipelines.bench_repro_report import steps_to
-from pipelines.reproduce import (
+from pipelines.experiments.bench.report import IncompleteResultError, check_complete
+from pipelines.experiments.reproduce.report import steps_to
+from pipelines.experiments.reproduce.run import (
     FULL_CONFIG,
     SMOKE_CONFIG,
     RunSpec,
@@ -70,7 +70,7 @@ def test_grid_cell_config_reads_shared_data_and_sets_projector_tokens_seed(tmp_p
 def test_flop_model_scales_with_visual_tokens(shapes_tokenizer):
     """Analytic FLOPs: the projector term scales by N/M = 9, vision is identical, the LLM term follows 6PT + 12LT²d."""
     from deco_core.model.deco import DecoModel
-    from pipelines.bench_model import linear_weights, training_flops
+    from pipelines.experiments.bench.model import linear_weights, training_flops
 
     flops = {}
     for name in ("deco", "mlp"):
@@ -116,7 +116,7 @@ def _table_rows(markdown: str) -> list[list[str]]:
 @pytest.mark.integration
 def test_quick_bench_fills_every_field_with_finite_ratios(ray_local, tmp_path, monkeypatch):
     """`bench --quick` measures every field, every ratio is finite and positive, and JSON + markdown reach MLflow."""
-    from pipelines.bench import run_bench
+    from pipelines.experiments.bench.run import run_bench
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "bench"
@@ -151,7 +151,7 @@ def test_quick_bench_fills_every_field_with_finite_ratios(ray_local, tmp_path, m
 @pytest.mark.integration
 def test_reproduce_smoke_fills_tables_and_plot_from_the_runs(ray_local, tmp_path, monkeypatch):
     """`reproduce --smoke` runs deco and qformer through the workflow; every table cell and the plot come from them."""
-    from pipelines.reproduce import run_reproduce
+    from pipelines.experiments.reproduce.run import run_reproduce
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "reproduce"
@@ -182,7 +182,7 @@ def test_reproduce_smoke_fills_tables_and_plot_from_the_runs(ray_local, tmp_path
 @pytest.mark.integration
 def test_full_reproduce_grid_measures_every_cell(ray_local, tmp_path: Path, monkeypatch):
     """The full grid (18 runs; not yet timed on 2 cores) completes with every configuration measured over 3 seeds."""
-    from pipelines.reproduce import run_reproduce
+    from pipelines.experiments.reproduce.run import run_reproduce
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     summary = run_reproduce(FULL_CONFIG, tmp_path / "reproduce")

@@ -31,7 +31,7 @@ RUN_TIMEOUT_S = 120  # a guard against hangs, not a measurement
 
 
 def _deco(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deco_core.cli", *args]
+    return [sys.executable, "-m", "pipelines.cli", *args]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -136,7 +136,7 @@ def test_a_second_run_on_a_root_stops_at_once_naming_the_holder(tmp_path):
 def test_killed_driver_reads_interrupted_and_a_rerun_kills_its_mlflow_runs(tmp_path):
     """A driver SIGKILLed mid-stage: status says "interrupted" (not running, without the earlier fingerprint's
     outputs); a rerun marks the dead run's parent and stage MLflow runs KILLED and completes the stage."""
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.runner import Workflow
 
     root = tmp_path / "root"
     small = compose("conf/pipeline/tiny.yaml", [f"pipeline.root={root}", "pipeline.stages=[prepare_data]",
@@ -201,8 +201,8 @@ def test_closed_s3_endpoint_fails_in_seconds_with_one_line(tmp_path):
 def test_an_s3_root_lock_is_a_conditional_put(s3_server, s3_bucket):
     """On an S3 root the lock is created with If-None-Match (refused when present): a second taker sees the
     holder; after release the root is free again."""
-    from pipelines.liveness import Owner, process_start_time
-    from pipelines.lock import RootLock, RootLocked
+    from pipelines.workflow.liveness import Owner, process_start_time
+    from pipelines.workflow.lock import RootLock, RootLocked
 
     root = f"{s3_bucket}/run"
     first = RootLock(root, s3_server.storage)
@@ -226,7 +226,7 @@ def test_an_s3_root_lock_is_a_conditional_put(s3_server, s3_bucket):
 
 def test_the_s3_probe_passes_an_existing_bucket_and_names_a_missing_one(s3_server, s3_bucket):
     """Against a real endpoint: the unsigned probe finds the bucket; a missing bucket is named with its key."""
-    from pipelines.probe import ServiceUnreachable, probe_services
+    from pipelines.workflow.probe import ServiceUnreachable, probe_services
 
     ok = compose("pipeline/tiny", [f"pipeline.root={s3_bucket}/run", f"data.storage.endpoint_url={s3_server.endpoint_url}"])
     probe_services(ok, None)

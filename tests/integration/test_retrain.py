@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deco_core.config import ConfigError, RetrainConfig, compose
-from pipelines.retrain import check_retrain_config, decide, promote_if_better, retrain, round_config
+from pipelines.ops.retrain import check_retrain_config, decide, promote_if_better, retrain, round_config
 from tests.fixtures.mlflow_server import MlflowServer
 
 # ------------------------------------------------------------------------------------------------ unit level
@@ -82,7 +82,7 @@ def tiny_exports(tmp_path_factory, shapes_tokenizer) -> list[Path]:
 def _register(uri: str, exp_id: str, model_dir: Path, name: str) -> str:
     from mlflow import MlflowClient
 
-    from pipelines.stages.register import register_model
+    from deco_core.tracking.registry import register_model
 
     run_id = MlflowClient(uri).create_run(exp_id, run_name="finetune").info.run_id
     return register_model(uri, run_id, str(model_dir), name, {"deco.test": "1"}, aliases=("challenger",))
@@ -164,7 +164,7 @@ def test_cli_retrain_is_registered_and_reports_config_errors(tmp_path: Path) -> 
     """`deco retrain` exists and an invalid retrain setting exits with code 2 naming the key, creating nothing."""
     from typer.testing import CliRunner
 
-    from deco_core.cli import app
+    from pipelines.cli import app
 
     result = CliRunner().invoke(app, ["retrain", "--config", "conf/pipeline/retrain.yaml", "retrain.init=warm",
                                       f"pipeline.root={tmp_path / 'r'}"])
@@ -178,9 +178,9 @@ def test_retrain_status_reads_the_decision_history_from_a_sqlite_store(tmp_path:
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
-    from deco_core.cli import app
     from deco_core.logs import setup_logging
     from deco_core.tracking import ensure_experiment
+    from pipelines.cli import app
 
     root = tmp_path / "retrain"
     args = ["retrain", "status", "--config", "pipeline/retrain", f"pipeline.root={root}"]

@@ -70,7 +70,7 @@ def _no_local_uri_folder(cwd: Path) -> None:
 
 
 def test_remote_root_without_a_tracking_server_fails_at_start(remote_root, s3_server, tmp_path, monkeypatch):
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.runner import Workflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match=r"pipeline.root.*set tracking.tracking_uri \(or MLFLOW_TRACKING_URI\)"):
@@ -81,7 +81,7 @@ def test_remote_root_without_a_tracking_server_fails_at_start(remote_root, s3_se
 def test_analyze_writes_its_figures_under_the_remote_root(remote_root, remote_export, s3_server, mlflow_server,
                                                          tmp_path):
     from pipelines.stages import analyze
-    from pipelines.workflow import StageContext
+    from pipelines.workflow.context import StageContext
 
     cfg = _cfg(remote_root, s3_server, f"tracking.tracking_uri={mlflow_server.uri}", "analysis.num_samples=2")
     client = MlflowClient(mlflow_server.uri)
@@ -99,7 +99,7 @@ def test_analyze_writes_its_figures_under_the_remote_root(remote_root, remote_ex
 
 
 def test_register_logs_a_remote_export_that_downloads_and_loads(remote_export, s3_server, mlflow_server, tmp_path):
-    from pipelines.stages.register import register_model
+    from deco_core.tracking.registry import register_model
 
     uri, model = remote_export
     client = MlflowClient(mlflow_server.uri)

@@ -52,7 +52,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def test_registered_challenger_serves_answers_over_http(mlflow_server, tiny_cfg, shapes_tokenizer, tmp_path):
-    from pipelines.stages.register import register_model
+    from deco_core.tracking.registry import register_model
 
     model = DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).eval()
     model.save_pretrained(tmp_path / "export")

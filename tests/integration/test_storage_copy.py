@@ -1,5 +1,6 @@
-"""`copy_dir` is the one folder copy between local disk and a URI: both directions against a real local S3
-endpoint (moto's server mode), local to local, a selection of entries, and clear errors for nothing to copy."""
+"""`copy_dir` is the one folder copy between local disk and a URI (`copy_file` the one file copy under it): both
+directions against a real local S3 endpoint (moto's server mode), local to local, a selection of entries, and
+clear errors for nothing to copy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deco_core.data.storage import copy_dir, get_filesystem, local_copy
+from deco_core.data.storage import copy_dir, copy_file, get_filesystem, local_copy
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +61,20 @@ def test_nothing_to_copy_names_the_source(s3_server, s3_bucket, tmp_path: Path) 
         copy_dir(tmp_path / "missing-folder", f"{s3_bucket}/y", s3_server.storage)
     with pytest.raises(ValueError, match="one side must be a local folder"):
         copy_dir(f"{s3_bucket}/a", f"{s3_bucket}/b", s3_server.storage)
+
+
+def test_copy_file_both_directions_and_local(s3_server, s3_bucket, folder: Path, tmp_path: Path) -> None:
+    """One file up to an exact key, back down into a new folder, and local to local; URI to URI is refused."""
+    src = folder / "report" / "img" / "chart.png"
+    uri = f"{s3_bucket}/files/chart.png"
+    assert copy_file(src, uri, s3_server.storage) == uri
+    fs, path = get_filesystem(uri, s3_server.storage)
+    assert fs.cat_file(path) == src.read_bytes()
+    down = tmp_path / "down" / "deeper" / "chart.png"
+    copy_file(uri, down, s3_server.storage)
+    assert down.read_bytes() == src.read_bytes()
+    local = tmp_path / "local" / "chart.png"
+    copy_file(src, local)
+    assert local.read_bytes() == src.read_bytes()
+    with pytest.raises(ValueError, match="one side must be a local file"):
+        copy_file(uri, f"{s3_bucket}/files/other.png", s3_server.storage)

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.submit import SubmitError, config_argument, job_runtime_env, stage_entrypoint, submit_pipeline
+from pipelines.ops.submit import (
+    SubmitError,
+    config_argument,
+    job_runtime_env,
+    stage_entrypoint,
+    submit_pipeline,
+)
 from tests.fixtures.mlflow_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -123,7 +129,7 @@ def test_prepare_data_runs_as_a_ray_job(ray_head: RayHead, mlflow_server: Mlflow
     overrides = [f"pipeline.root={root}", "data.caption_samples=64", "data.instruct_samples=64", "data.format_samples=64",
                  "data.eval_samples=64", f"tracking.tracking_uri={mlflow_server.uri}",
                  "tracking.experiment=submit-test"]
-    caplog.set_level("INFO", logger="pipelines.submit")
+    caplog.set_level("INFO", logger="pipelines.ops.submit")
     jobs = submit_pipeline(ray_head.address, "conf/pipeline/tiny.yaml", overrides, ["prepare_data"], wait=True,
                            timeout_s=240)
 
@@ -179,7 +185,7 @@ def test_unreachable_address_is_named(tmp_path: Path) -> None:
 def test_entrypoint_env_and_config_are_shaped_for_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Entry points are shell-quoted, configs become repo-relative, only AWS_/MLFLOW_/DS_ vars pass through."""
     cmd = stage_entrypoint("pretrain", "conf/pipeline/tiny.yaml", ["pipeline.name=a b", "x=$HOME"])
-    assert cmd == "python -m pipelines.stages.pretrain --config conf/pipeline/tiny.yaml 'pipeline.name=a b' 'x=$HOME'"
+    assert cmd == "python -m pipelines.workflow.job pretrain --config conf/pipeline/tiny.yaml 'pipeline.name=a b' 'x=$HOME'"
     repo = Path(__file__).resolve().parents[2]
     assert config_argument(str(repo / "conf/pipeline/tiny.yaml")) == "conf/pipeline/tiny.yaml"
     assert config_argument("pipeline/tiny") == "pipeline/tiny"

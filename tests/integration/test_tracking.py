@@ -83,7 +83,7 @@ def test_shard_sets_are_logged_as_inputs_with_a_manifest_digest(mlflow_server, t
 def test_workflow_parent_run_gets_settings_and_the_prepared_shard_sets(tmp_path):
     """A real (one-stage) workflow run: its parent run holds the key settings and the shard sets as inputs."""
     from deco_core.config import compose
-    from pipelines.workflow import Workflow
+    from pipelines.workflow.runner import Workflow
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path / 'wf'}", f"tracking.tracking_uri={uri}",
@@ -107,7 +107,7 @@ def test_a_version_is_registered_on_the_tracking_server_whatever_registry_the_pr
     """A process-wide registry setting (here another store, as ``mlflow.set_registry_uri`` leaves behind) must not
     divert the version away from the server that holds the run and serves ``models:/`` URIs."""
     from deco_core.model.deco import DecoModel
-    from pipelines.stages.register import register_model
+    from deco_core.tracking.registry import register_model
 
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).save_pretrained(tmp_path / "export")

@@ -1,11 +1,12 @@
-"""Specification tests for the `deco` command line (deco_core/cli.py): help text and `deco model summary`."""
+"""Specification tests for the `deco` command line (pipelines/cli.py, built on the library pieces in
+deco_core/cli.py): help text and `deco model summary`."""
 
 from __future__ import annotations
 
 import pytest
 from typer.testing import CliRunner
 
-from deco_core.cli import app
+from pipelines.cli import app
 
 
 @pytest.fixture()
@@ -99,7 +100,7 @@ def test_mistyped_config_is_named_as_given(runner):
 
 def test_unreachable_address_is_one_line_and_debug_shows_the_error(runner, tmp_path):
     """An unreachable --address is one line (exit 3); with the global --debug the error itself propagates."""
-    from pipelines.submit import SubmitError
+    from pipelines.ops.submit import SubmitError
     from tests.fixtures.mlflow_server import free_port
 
     args = ["pipeline", "submit", "--address", f"127.0.0.1:{free_port()}", f"pipeline.root={tmp_path}"]
@@ -124,7 +125,7 @@ def test_summary_table_keeps_paths_whole_and_rounds_losses(monkeypatch):
     from rich.console import Console
 
     import pipelines.cli as pcli
-    from pipelines.workflow import StageReport
+    from pipelines.workflow.context import StageReport
 
     path = "/a/very/long/pipeline/root/that/does/not/fit/finetune/0123456789/model/export-directory"
     out = io.StringIO()

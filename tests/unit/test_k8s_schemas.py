@@ -25,7 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.unit.test_infra import K8S, manifests, objects, shell_commands
+from tests.unit.test_infra import K8S, manifests, objects
+from tests.unit.test_infra_commands import shell_commands
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

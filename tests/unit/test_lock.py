@@ -1,4 +1,4 @@
-"""The root run lock and run liveness (pipelines/lock.py, pipelines/liveness.py), the environment that Ray
+"""The root run lock and run liveness (pipelines/workflow: lock, liveness), the environment that Ray
 workers and submitted jobs receive (no credentials), and the service probes on closed ports."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from deco_core.config import ConfigError, compose
-from pipelines.liveness import STALE_AFTER_S, Owner, owner_alive, process_start_time
-from pipelines.lock import RootLock, RootLocked
+from pipelines.workflow.liveness import STALE_AFTER_S, Owner, owner_alive, process_start_time
+from pipelines.workflow.lock import RootLock, RootLocked
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAUNITTESTKEY0001", "AWS_SECRET_ACCESS_KEY": "unit-secret-value-0001",
            "AWS_SESSION_TOKEN": "unit-session-token-0001", "MLFLOW_TRACKING_TOKEN": "unit-mlflow-token-0001",
@@ -57,7 +57,7 @@ def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path, caplog):
     dead = subprocess.Popen(["true"])
     dead.wait()
     _write_lock(tmp_path, _owner(dead.pid, 1.0))
-    with caplog.at_level(logging.WARNING, logger="pipelines.lock"), RootLock(str(tmp_path)) as lock:
+    with caplog.at_level(logging.WARNING, logger="pipelines.workflow.lock"), RootLock(str(tmp_path)) as lock:
         assert lock.holder()[0].pid == os.getpid()
         assert any("taking over the stale run lock" in r.getMessage() and "process gone" in r.getMessage()
                    for r in caplog.records)
@@ -88,7 +88,7 @@ def test_another_hosts_owner_lives_only_while_its_heartbeat_is_fresh():
 
 
 def test_worker_env_holds_no_credentials_local_or_cluster(monkeypatch):
-    from pipelines.runtime import worker_env
+    from pipelines.ops.runtime import worker_env
 
     for name, value in {**SECRETS, **LOCATIONS}.items():
         monkeypatch.setenv(name, value)
@@ -102,7 +102,7 @@ def test_worker_env_holds_no_credentials_local_or_cluster(monkeypatch):
 
 
 def test_submitted_jobs_receive_service_locations_and_never_credentials(monkeypatch):
-    from pipelines.submit import SubmitError, job_runtime_env
+    from pipelines.ops.submit import SubmitError, job_runtime_env
 
     for name, value in {**SECRETS, **LOCATIONS}.items():
         monkeypatch.setenv(name, value)
@@ -124,7 +124,7 @@ def _closed_port() -> int:
 
 
 def test_probes_name_the_endpoint_and_the_setting_on_a_closed_port(monkeypatch):
-    from pipelines.probe import ServiceUnreachable, probe_services, ray_problem
+    from pipelines.workflow.probe import ServiceUnreachable, probe_services, ray_problem
 
     port = _closed_port()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS["AWS_SECRET_ACCESS_KEY"])

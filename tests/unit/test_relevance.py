@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deco_core.analysis.explain import analyze_relevance
 from deco_core.analysis.locality import box_scores, locality_samples, map_scores, patches_in_box
 from deco_core.analysis.relevance import (
     aggregate_words,
@@ -22,7 +23,6 @@ from deco_core.analysis.relevance import (
     text_to_patch,
 )
 from deco_core.analysis.relevance_model import (
-    analyze_relevance,
     build_inputs,
     group_words,
     image_pixels,
@@ -260,7 +260,7 @@ def test_locality_reports_one_lift_under_one_name(deco_model) -> None:
     (the CLI summary, the figure title and MLflow all read mass_lift)."""
     from deco_core.analysis.locality import locality_scores
     from pipelines.cli import results_table
-    from pipelines.workflow import StageReport
+    from pipelines.workflow.context import StageReport
 
     scores = locality_scores(deco_model, locality_samples(4, seed=0))
     assert "lift" not in scores

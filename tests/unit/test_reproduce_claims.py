@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.bench_repro_report import deco_deltas
-from pipelines.bench_repro_stats import stats
-from pipelines.bench_repro_tables import spread_claims_section, spread_verdict
+from pipelines.experiments.reproduce.report import deco_deltas
+from pipelines.experiments.reproduce.stats import stats
+from pipelines.experiments.reproduce.tables import spread_claims_section, spread_verdict
 
 
 def _config(projector: str, m: int, params: int, mllm: list[float], loc: list[float], vqa: list[float],

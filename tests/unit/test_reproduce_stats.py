@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from pipelines.bench_report import check_complete
-from pipelines.bench_repro_report import summarise
-from pipelines.bench_repro_stats import (
+from pipelines.experiments.bench.report import check_complete
+from pipelines.experiments.reproduce.report import summarise
+from pipelines.experiments.reproduce.run import FULL_CONFIG, grid, load_reproduce_config
+from pipelines.experiments.reproduce.stats import (
     ATTRIBUTE_REC,
     CLAIMS,
     FAILS,
@@ -26,9 +27,8 @@ from pipelines.bench_repro_stats import (
     t_critical,
     verdict,
 )
-from pipelines.bench_repro_tables import reproduce_markdown
-from pipelines.reproduce import FULL_CONFIG, grid, load_reproduce_config
-from pipelines.results import DOCS, ROOT, render_block
+from pipelines.experiments.reproduce.tables import reproduce_markdown
+from pipelines.experiments.results import DOCS, ROOT, render_block
 
 BASE = {0: 0.10, 1: 0.40, 2: 0.25}  # a per-seed effect every projector shares (same data order)
 OFFSET = {  # projector -> per-seed offset of attribute REC above the shared seed effect

@@ -1,4 +1,4 @@
-"""The README's result tables come from published measurements: ``pipelines.results`` renders docs/results/*.json
+"""The README's result tables come from published measurements: ``pipelines.experiments.results`` renders docs/results/*.json
 into marked README blocks, and a hand edit or a stale render is caught."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.results import BLOCKS, DOCS, ROOT, ResultsError, check, publish
+from pipelines.experiments.results import BLOCKS, DOCS, ROOT, ResultsError, check, publish
 
 PUBLISHED = ROOT / DOCS
 
@@ -79,10 +79,10 @@ def test_missing_marker_and_missing_run_are_named(project: Path) -> None:
 
 
 def test_a_bare_publish_takes_what_was_measured_and_names_the_rest(project: Path, caplog) -> None:
-    from pipelines.results import measured_blocks
+    from pipelines.experiments.results import measured_blocks
 
     (project / BLOCKS["reproduce"].run_dir / BLOCKS["reproduce"].json_name).unlink()
-    with caplog.at_level("INFO", logger="pipelines.results"):
+    with caplog.at_level("INFO", logger="pipelines.experiments.results"):
         assert sorted(measured_blocks(project)) == ["bench", "tiny"]
     assert "reproduce not measured here (run `make reproduce` first)" in caplog.text
     for block in BLOCKS.values():

@@ -50,3 +50,25 @@ def test_messages_lose_env_secret_values_and_url_passwords(monkeypatch: pytest.M
     assert "; abc;" in out and "false" in out
     assert redact("token extra-secret here", extra=["extra-secret"]) == "token *** here"
     assert has_url_password("s3://u:p@host/b") and not has_url_password("https://mlflow.example:5000/x")
+
+
+def test_messages_lose_secret_named_key_value_pairs() -> None:
+    """name=value pairs (query strings, command lines) with a secret name lose their value; others stay."""
+    msg = ("GET https://b.s3.example/x?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Security-Token=FQoGZXIvYXdz "
+           "aws_secret_access_key=wJalrXUtnFEMI password=\"hunter22\" num_tokens=5 max_new_tokens=16 region=eu")
+    out = redact(msg)
+    for secret in ("AKIAEXAMPLE", "FQoGZXIvYXdz", "wJalrXUtnFEMI", "hunter22"):
+        assert secret not in out
+    assert "X-Amz-Security-Token=***" in out and 'password="***"' in out
+    assert "num_tokens=5 max_new_tokens=16 region=eu" in out
+
+
+def test_nested_config_keys_are_masked_and_numbers_kept() -> None:
+    """Deeply nested secret keys are masked whatever their value type; token counts and tokenizers stay."""
+    cfg = {"tracking": {"uri": "http://mlflow:5000", "api_key": "k-123456", "auth": {"password": 1234}},
+           "model": {"tokenizer": {"path": "gpt2"}, "max_tokens": 64, "num_tokens": 16},
+           "storage": {"aws_secret_access_key": "s-abcdef", "token": None}}
+    out = redact_secrets(cfg)
+    assert out["tracking"] == {"uri": "http://mlflow:5000", "api_key": MASK, "auth": {"password": MASK}}
+    assert out["model"] == cfg["model"]
+    assert out["storage"] == {"aws_secret_access_key": MASK, "token": None}

@@ -4,11 +4,18 @@ plot, cuts long params; key settings and headline metrics go through it."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deco_core.tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, log_batch, log_headline_metrics
+from deco_core.tracking import (
+    MAX_METRICS_PER_CALL,
+    MAX_PARAMS_PER_CALL,
+    log_batch,
+    log_headline_metrics,
+    log_path,
+)
 
 
 class RecordingClient:
@@ -21,6 +28,12 @@ class RecordingClient:
         assert run_id == "run-1"
         assert len(metrics) <= 1000 and len(params) <= 100 and len(tags) <= 100
         self.calls.append({"metrics": list(metrics), "params": list(params), "tags": list(tags)})
+
+    def log_artifact(self, run_id: str, local: str, artifact_path: str | None = None) -> None:
+        self.calls.append({"file": [local, artifact_path]})
+
+    def log_artifacts(self, run_id: str, local: str, artifact_path: str | None = None) -> None:
+        self.calls.append({"folder": [local, artifact_path]})
 
 
 def test_large_batches_are_split_at_mlflow_limits() -> None:
@@ -56,3 +69,12 @@ def test_headline_metrics_use_the_batch_logger() -> None:
                                                        "eval/score": 0.25})
     (call,) = client.calls
     assert sorted((m.key, m.value) for m in call["metrics"]) == [("eval/score", 0.25), ("finetune/final_loss", 1.5)]
+
+
+def test_log_path_logs_a_file_or_a_whole_folder(tmp_path: Path) -> None:
+    """A file goes through log_artifact, a folder through log_artifacts, both under the given artifact path."""
+    client = RecordingClient()
+    (tmp_path / "scores.json").write_text("{}")
+    log_path(client, "run-1", tmp_path / "scores.json", "eval")
+    log_path(client, "run-1", tmp_path, None)
+    assert client.calls == [{"file": [str(tmp_path / "scores.json"), "eval"]}, {"folder": [str(tmp_path), None]}]

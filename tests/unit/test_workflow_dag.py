@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from deco_core.config import compose
-from pipelines.workflow import StateStore, Workflow, _stage_table, fingerprints
+from pipelines.workflow.dag import stage_table
+from pipelines.workflow.fingerprint import fingerprints
+from pipelines.workflow.runner import Workflow
+from pipelines.workflow.state import StateStore
 
 
 def _fps(*overrides: str) -> dict[str, str]:
-    return fingerprints(compose("pipeline/tiny", list(overrides)), _stage_table())
+    return fingerprints(compose("pipeline/tiny", list(overrides)), stage_table())
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ from deco_core.data.convert.common import (
     safe_key,
 )
 from deco_core.data.convert.vqav2 import with_suffix
+from deco_core.data.prompts import MME_ORIGINAL_SUFFIX
 
 SOURCE = "mme"
-MME_YES_NO = "Please answer yes or no."
 MME_PERCEPTION = (
     "existence",
     "count",
@@ -90,7 +90,7 @@ def convert_mme(
             raise SkipRecord("bad_label", f"answer {answer!r}: expected Yes or No")
         path = resolve_image([root / subtask, root / subtask / "images"], image)
         ext, data = loader.load(path)
-        prompt = with_suffix(question.replace(MME_YES_NO, "").strip())
+        prompt = with_suffix(question.replace(MME_ORIGINAL_SUFFIX, "").strip())
         question_id = f"{subtask}/{image}/{line_no}"
         meta = {
             "source": SOURCE,

@@ -1,0 +1,1 @@
+"""Measurements beside the workflow: the benchmark, the reproduction grid and the published result tables."""

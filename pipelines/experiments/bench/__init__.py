@@ -1,0 +1,1 @@
+"""The bench experiment: run (entry point), and its helpers."""

@@ -1,0 +1,1 @@
+"""The reproduce experiment: run (entry point), and its helpers."""

@@ -1,0 +1,1 @@
+"""Operations around the workflow: cluster submission, scheduled retraining and the Ray runtime."""

@@ -1,0 +1,39 @@
+"""Stages pretrain and finetune, one parameterised module: pretrain aligns on captions (``plain`` template),
+finetune tunes on instructions (``vicuna_v1``) from the pretrain export; both with Ray Train + DeepSpeed, and both
+export the model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from deco_core.train.sources import ray_storage, train_sources
+from pipelines.ops.runtime import ensure_ray
+from pipelines.workflow.context import StageContext
+
+
+def train(ctx: StageContext, stage: str, init_from: str | None = None) -> dict[str, Any]:
+    """Run the training stage ``stage`` (pretrain | finetune) and return its outputs."""
+    from deco_core.train.trainer import run_stage
+
+    cfg = ctx.cfg
+    if init_from:
+        cfg = replace(cfg, **{stage: replace(getattr(cfg, stage), init_from=init_from)})
+    ensure_ray(cfg)
+    sources, val_uri = train_sources(cfg, stage, ctx.inputs.get("prepare_data", {}))
+    output = getattr(cfg, stage).output_uri or ctx.out_uri("model")
+    result = run_stage(cfg, stage, sources=sources, val_uri=val_uri, output_uri=output, run_name=ctx.run_name,
+                       storage_path=ray_storage(cfg), parent_run_id=ctx.parent_run_id)
+    return {"model": result.output_uri, "steps": result.steps, "final_loss": result.metrics.get("loss"),
+            "val_loss": result.metrics.get("val_loss"), "wall_s": round(result.wall_s, 1),
+            "checkpoint": result.checkpoint, "mlflow_run": result.run_id}
+
+
+def run_pretrain(ctx: StageContext) -> dict[str, Any]:
+    """The pretrain stage."""
+    return train(ctx, "pretrain")
+
+
+def run_finetune(ctx: StageContext) -> dict[str, Any]:
+    """The finetune stage: from ``finetune.init_from``, else the pretrain stage's export."""
+    return train(ctx, "finetune", init_from=ctx.cfg.finetune.init_from or ctx.inputs["pretrain"]["model"])
