@@ -1,5 +1,7 @@
 """Stage fingerprints: each hashes the config sections its stage reads, its upstream stages' fingerprints and the
-code version (a hash of every ``*.py`` under deco_core/ and pipelines/)."""
+code version (a hash of every ``*.py`` under deco_core/ and pipelines/). Settings read from conf/ files are part
+of the composed config (the DeepSpeed settings are ``pretrain|finetune.deepspeed_config``), so a changed YAML
+changes the fingerprint of the stages that read it."""
 
 from __future__ import annotations
 
