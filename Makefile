@@ -5,12 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_PIN := torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
+.PHONY: install install-lmms run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+install-lmms: $(STAMP)  ## optional: lmms-eval with torchvision 0.28.0+cpu (the build matching CPU torch)
+	$(PY) -m pip install -q --extra-index-url "$(TORCH_CPU_INDEX)" -e ".[lmms]"
+	@$(PY) -c "import torch, torchvision; v = torch.__version__; assert v.startswith('2.13.0'), f'torch was replaced: {v}'; torchvision.ops.nms(torch.rand(2, 4), torch.rand(2), 0.5)"
 
 run: $(STAMP)  ## the tiny workflow end to end
 	$(VENV)/bin/deco pipeline run --config conf/pipeline/tiny.yaml
