@@ -1,5 +1,6 @@
 """One small named Ray actor per training stage, the stage monitor: preprocessing actors add their per-reason
-bad-sample counts to it, rank 0 posts its live progress there, and the driver reads both. One actor (not one per
+bad-sample counts to it, rank 0 posts its live progress there, and the driver reads both; the driver posts the
+stage's preprocessed training data there for the workers (``deco_core.train.ahead``). One actor (not one per
 purpose) because every actor is a process of its own, and process starts are most of a stage's fixed cost on a
 small machine."""
 
@@ -16,11 +17,13 @@ def _monitor_cls():
 
     @ray.remote(num_cpus=0)
     class StageMonitor:
-        """Bad-sample counts (``add``/``snapshot``) and the latest progress state (``post``/``read``)."""
+        """Bad-sample counts (``add``/``snapshot``), the latest progress state (``post``/``read``) and the
+        training data prepared by the driver (``post_data``/``read_data``)."""
 
         def __init__(self) -> None:
             self.counts: Counter = Counter()
             self.state: dict[str, Any] = {}
+            self.data: dict[str, Any] | None = None
 
         def add(self, counts: dict[str, int]) -> None:
             self.counts.update(counts)
@@ -33,6 +36,12 @@ def _monitor_cls():
 
         def read(self) -> dict[str, Any]:
             return self.state
+
+        def post_data(self, data: dict[str, Any]) -> None:
+            self.data = data
+
+        def read_data(self) -> dict[str, Any] | None:
+            return self.data
 
     return StageMonitor
 

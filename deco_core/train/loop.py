@@ -28,6 +28,7 @@ from deco_core.data.transforms import ImageTransform
 from deco_core.logs import setup_logging
 from deco_core.model.deco import DecoModel
 from deco_core.tracking import make_tracker
+from deco_core.train.ahead import wait_training_data
 from deco_core.train.checkpoint import consolidated_state_dict, export_model, load_init_model
 from deco_core.train.deepspeed import build_engine
 from deco_core.train.evaluation import mean_token_loss
@@ -35,7 +36,7 @@ from deco_core.train.fatal import is_non_retryable, read_fatal, record_fatal
 from deco_core.train.faults import maybe_inject_fault
 from deco_core.train.integrity import ResumeState, read_state, verify_checkpoint, write_manifest, write_state
 from deco_core.train.loop_state import LoopConfig, WorkerContext
-from deco_core.train.progress import PhaseClock, find_board
+from deco_core.train.progress import PhaseClock, find_board, process_started_at
 from deco_core.train.steplog import CommittedMetrics, logged_through
 from deco_core.train.stream import SampleLedger, SampleStream, collate_fn, derived_seed
 
@@ -223,7 +224,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train(lc: LoopConfig, tctx) -> None:
+    import ray.train
+
     clock = PhaseClock()
+    clock.marks["worker_process"] = process_started_at()
     clock.mark("worker_start")
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     cfg = from_dict(lc.cfg)
@@ -231,9 +235,12 @@ def _train(lc: LoopConfig, tctx) -> None:
     torch.set_num_threads(torch_threads(t, tctx.get_local_world_size()))
     model = build_stage_model(cfg, lc.stage, lc.tokenizer)
     clock.mark("model_built")
-    engine = build_engine(model, t, world, t.use_gpu, lc.total_steps)
     transform = ImageTransform.from_vision_config(cfg.model.vision)
-    stream = _stream(lc, t, rank, world, cfg.data.shuffle_buffer, transform)
+    stream, total = _stream(lc, t, rank, world, cfg.data.shuffle_buffer, transform)
+    clock.mark("data_ready")
+    if ray.train.get_checkpoint() is None:
+        stream.prime(epoch=0)  # a fresh stage starts at epoch 0: its first batch loads while DeepSpeed starts
+    engine = build_engine(model, t, world, t.use_gpu, total)
     state = maybe_resume(engine, ResumeState(seed=t.seed, world_size=world, shard_rows=stream.rows()))
     clock.mark("engine_ready")
     tracker = make_tracker(rank, lc.tracking_uri, lc.run_id, lc.system_metrics)
@@ -248,7 +255,6 @@ def _train(lc: LoopConfig, tctx) -> None:
                         board=find_board(lc.run_name) if rank == 0 else None,
                         max_bad_fraction=cfg.data.max_bad_fraction, fault=lc.fault, start_step=state.step)
     ctx.stats.reset()
-    total = lc.total_steps
     max_epochs = None if t.max_steps else t.epochs
     engine.train()
     while state.step < total and (max_epochs is None or state.epoch < max_epochs):
@@ -261,17 +267,23 @@ def _train(lc: LoopConfig, tctx) -> None:
 
 
 def _stream(lc: LoopConfig, t: TrainConfig, rank: int, world: int, shuffle_buffer: int,
-            transform: ImageTransform) -> SampleStream:
-    """This rank's fixed shard (materialized data) or its Ray Train split (streaming data)."""
+            transform: ImageTransform) -> tuple[SampleStream, int]:
+    """This rank's sample stream and the stage's step count: the fixed shard the driver posted after
+    preprocessing ahead (exact replay; waits for the driver when it is not done yet), or the Ray Train split of
+    the streamed dataset."""
     import ray.train
 
-    shards = lc.train_shards
-    if shards is not None and len(shards) != world:
-        raise ValueError(f"the driver split the training data into {len(shards)} shards for {world} workers")
-    shard = shards[rank] if shards is not None else ray.train.get_dataset_shard("train")
-    return SampleStream(shard, exact=shards is not None, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
-                        shuffle_buffer=shuffle_buffer, length_groups=t.group_by_length,
-                        collate_fn=collate_fn(transform, keep_keys=bool(lc.sample_log)))
+    if lc.data_ahead:
+        shards, total = wait_training_data(find_board(lc.run_name))
+        if len(shards) != world:
+            raise ValueError(f"the driver split the training data into {len(shards)} shards for {world} workers")
+        shard = shards[rank]
+    else:
+        shard, total = ray.train.get_dataset_shard("train"), lc.total_steps
+    stream = SampleStream(shard, exact=lc.data_ahead, seed=t.seed, rank=rank, micro_batch=t.micro_batch_size,
+                          shuffle_buffer=shuffle_buffer, length_groups=t.group_by_length,
+                          collate_fn=collate_fn(transform, keep_keys=bool(lc.sample_log)))
+    return stream, total
 
 
 def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, lc: LoopConfig,

@@ -30,8 +30,8 @@ class LoopConfig:
     """Ray Train run name; also names the driver's progress board."""
     tokenizer: Any
     """The stage's tokenizer object."""
-    total_steps: int
-    """Optimizer steps planned for the stage."""
+    total_steps: int | None
+    """Optimizer steps planned for the stage; None when they come with the data (``data_ahead``)."""
     output_uri: str
     """Where rank 0 exports the model."""
     tracking_uri: str | None = None
@@ -48,8 +48,10 @@ class LoopConfig:
     """A ``val`` dataset shard is attached to the trainer."""
     val_batch_size: int = 1
     """Micro-batch size of the validation pass."""
-    train_shards: list[Any] | None = None
-    """One materialized shard per worker (exact replay), or None to stream the ``train`` dataset shard."""
+    data_ahead: bool = False
+    """The driver preprocesses the data while the workers start and posts one materialized shard per worker
+    (exact replay) and the step count to the stage monitor (``deco_core.train.ahead``); False: stream the
+    ``train`` dataset shard."""
     sample_log: str | None = None
     """Path prefix of the per-rank sample-key ledger, or None."""
     fatal_uri: str | None = None

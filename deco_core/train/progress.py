@@ -39,8 +39,9 @@ def _format(stage: str, s: dict[str, Any]) -> str:
 
 
 @contextmanager
-def show_progress(board, stage: str, total: int, interval_s: float = 0.5) -> Iterator[None]:
-    """Render the board while the body runs (``fit()``); a terminal gets a live bar, a log a line per 10 %."""
+def show_progress(board, stage: str, interval_s: float = 0.5) -> Iterator[None]:
+    """Render the board while the body runs (``fit()``); a terminal gets a live bar, a log a line per 10 %.
+    The step total comes with each posted state (the driver may plan it while the workers start)."""
     import ray
 
     stop = threading.Event()
@@ -61,13 +62,14 @@ def show_progress(board, stage: str, total: int, interval_s: float = 0.5) -> Ite
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TimeRemainingColumn(),
                       transient=False) as bar:
-            task = bar.add_task(stage, total=total, loss="-", sps="-")
+            task = bar.add_task(stage, total=None, loss="-", sps="-")
             for s in poll():
-                bar.update(task, completed=s["step"], loss=f"{s['loss']:.4f}", sps=f"{s['samples_per_s']:.0f}")
+                bar.update(task, total=s["total"], completed=s["step"], loss=f"{s['loss']:.4f}", sps=f"{s['samples_per_s']:.0f}")
 
     def run_lines() -> None:
         next_mark, printed = 0.1, 0
         for s in poll():
+            total = s["total"]
             if s["step"] > printed and (s["step"] >= next_mark * total or s["step"] == total):
                 log.info("%s", _format(stage, s))
                 printed = s["step"]
@@ -94,6 +96,13 @@ class PhaseClock:
 
     def as_metrics(self, prefix: str = "phase/") -> dict[str, float]:
         return {f"{prefix}{k}": v for k, v in self.marks.items()}
+
+
+def process_started_at() -> float:
+    """Wall-clock start time of this process (``time.time()`` scale): where a Ray worker's life began."""
+    import psutil  # a dependency of ray[default]
+
+    return psutil.Process().create_time()
 
 
 def durations(marks: dict[str, float], order: list[tuple[str, str, str]]) -> dict[str, float]:

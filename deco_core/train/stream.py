@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,44 @@ class SampleStream:
         self.shard, self.exact, self.seed, self.rank = shard, exact, seed, rank
         self.micro_batch, self.shuffle_buffer, self.collate_fn = micro_batch, shuffle_buffer, collate_fn
         self.length_groups = length_groups
+        self._primed: tuple[int, Iterator[dict], threading.Thread, dict[str, Any]] | None = None
 
     def rows(self) -> int:
         return self.shard.count() if self.exact else 0
 
+    def prime(self, epoch: int) -> None:
+        """Start reading ``epoch`` from its start in a background thread, so Ray Data's start-up (executor,
+        block reads, the first shuffle window and collate) overlaps whatever the caller does next (engine
+        initialisation); the next ``epoch(epoch, 0)`` continues from the batch it fetched."""
+        batches = self._batches(epoch, 0)
+        primed: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                primed["first"] = next(batches, None)
+            except BaseException as exc:  # re-raised in the training thread by epoch()
+                primed["error"] = exc
+
+        thread = threading.Thread(target=fetch, name=f"prime-epoch-{epoch}", daemon=True)
+        thread.start()
+        self._primed = (epoch, batches, thread, primed)
+
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
         """The epoch's micro-batches after the first ``skip`` (a resumed epoch)."""
+        primed, self._primed = self._primed, None
+        if primed is not None and primed[0] == epoch and skip == 0:
+            _, batches, thread, got = primed
+            thread.join()
+            if "error" in got:
+                raise got["error"]
+            if got["first"] is None:
+                return
+            yield got["first"]
+            yield from batches
+            return
+        yield from self._batches(epoch, skip)
+
+    def _batches(self, epoch: int, skip: int) -> Iterator[dict]:
         seed = derived_seed(self.seed, epoch, self.rank)
         source = self.shard
         if self.exact:

@@ -15,7 +15,6 @@ from deco_core.data.ray_data import (
     PreprocessSpec,
     build_dataset,
     check_quality,
-    get_quality_counter,
     preprocess_rows,
 )
 from deco_core.data.shards import iter_samples
@@ -24,6 +23,7 @@ from deco_core.model.projector_config import projector_num_tokens
 from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_token_id, load_tokenizer
 from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, log_batch, resolve_tracking_uri
+from deco_core.train.ahead import DataAhead, TrainingData
 from deco_core.train.deepspeed import build_ds_config
 from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
 from deco_core.train.faults import fault_hook_from_env
@@ -51,11 +51,13 @@ class StageResult:
 # (phase, start mark, end mark): driver marks and the workers' marks reported with the final checkpoint.
 # fmt: off
 PHASES = [
-    ("preprocess_ahead",    "call",          "preprocessed"),   # tokenizer, spec, every sample preprocessed once
-    ("driver_setup",        "call",          "fit_start"),      # all of the above + validation set, MLflow run
-    ("worker_group_start",  "fit_start",     "worker_start"),   # Ray Train controller, placement, worker processes
+    ("preprocess_ahead",    "call",          "preprocessed"),   # every sample preprocessed once (overlaps fit start)
+    ("driver_setup",        "call",          "fit_start"),      # tokenizer, spec, validation set, MLflow run
+    ("worker_group_start",  "fit_start",     "worker_process"), # Ray Train controller, placement, worker process spawn
+    ("worker_imports",      "worker_process", "worker_start"),  # interpreter, Ray worker, imports, process group
     ("model_build",         "worker_start",  "model_built"),    # imports, model construction / init weights
-    ("engine_init",         "model_built",   "engine_ready"),   # DeepSpeed initialise + resume
+    ("data_wait_ahead",     "model_built",   "data_ready"),     # waiting for the driver's preprocessing, if any
+    ("engine_init",         "data_ready",    "engine_ready"),   # DeepSpeed initialise + resume
     ("data_first_batch",    "engine_ready",  "first_batch"),    # Ray Data pipeline start to the first batch
     ("steps",               "first_batch",   "steps_done"),     # the training steps themselves
     ("validation",          "steps_done",    "val_done"),
@@ -110,8 +112,9 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
               tracking: bool = True, sample_log: str | None = None) -> StageResult:
     """Train one stage on a Ray cluster (``ray.init`` must have been called) and export the model.
 
-    With ``data.preprocess_ahead`` the materialized data is split here into one fixed shard per worker and each
-    epoch is read in a seeded order, so a resumed stage replays the exact sample stream (``stream.py``).
+    With ``data.preprocess_ahead`` every sample is preprocessed once on a driver thread while ``fit()`` starts the
+    workers (``ahead.py``), split into one fixed shard per worker, and each epoch is read in a seeded order, so a
+    resumed stage replays the exact sample stream (``stream.py``).
     ``sample_log``: a path prefix; each rank then appends the sample keys of every micro-batch there."""
     import ray
     import ray.train
@@ -124,28 +127,25 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     clock.mark("call")
     tokenizer = stage_tokenizer(cfg, t)
     spec = preprocess_spec(cfg, t.template, tokenizer)
-    counter = get_quality_counter(run_name)  # the driver holds the handle: the actor lives as long as the stage
+    board = get_board(run_name)  # the stage monitor: the driver holds the handle, so it lives as long as the stage
     storage = cfg.data.storage
     build_ds_config(t, t.num_workers, t.use_gpu)  # batch layout errors end the stage here, before any worker
     exact = cfg.data.preprocess_ahead
     # exact replay needs a fixed row order: manifest order in, order kept through the parallel preprocessing
     train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
                                       cfg.data.preprocess_cpus, t.samples_per_epoch, shuffle=not exact, tasks=exact)
-    shards = None
+    ahead = total_steps = None
     if exact:
-        train_ds.context.execution_options.preserve_order = True
-        train_ds = train_ds.materialize()  # every sample preprocessed once; the epochs re-read these blocks
-        check_quality(ray.get(counter.snapshot.remote()), cfg.data.max_bad_fraction)  # all of it is counted now
-        shards = split_for_workers(train_ds, t.num_workers)
-        n_train = sum(s.count() for s in shards)
-        clock.mark("preprocessed")
+        # preprocessed on a driver thread while fit() starts the workers; they collect it from the stage monitor
+        ahead = DataAhead(board, lambda: _materialize(train_ds, board, cfg, t, clock))
     else:
+        total_steps = plan_steps(t, n_train)
         log.warning("stage %s streams its data (data.preprocess_ahead=false): a resumed stage re-reads its epoch "
                     "in a new order, it does not replay the exact sample stream", stage)
+        _log_plan(stage, t, n_train, total_steps)
     datasets = {} if exact else {"train": train_ds}
     if val_uri:
         datasets["val"] = validation_dataset(val_uri, spec, storage)
-    total_steps = plan_steps(t, n_train)
     tracking_uri = run_id = None
     if tracking:
         tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
@@ -156,12 +156,9 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         cfg=to_dict(cfg), stage=stage, stage_template=t.template, run_name=run_name, tokenizer=tokenizer,
         total_steps=total_steps, output_uri=_abs_storage(output_uri), tracking_uri=tracking_uri, run_id=run_id,
         system_metrics=cfg.tracking.system_metrics, counter_name=run_name, storage=storage, has_val=bool(val_uri),
-        val_batch_size=t.micro_batch_size, train_shards=shards, sample_log=sample_log,
+        val_batch_size=t.micro_batch_size, data_ahead=exact, sample_log=sample_log,
         fatal_uri=fatal_uri(storage_path, run_name), fault=fault_hook_from_env(storage_path, run_name),
     )
-    log.info("stage %s: %d samples, %d optimizer steps of %d (micro %d × accum %d × %d workers), ZeRO config %s",
-             stage, n_train, total_steps, t.global_batch_size, t.micro_batch_size, t.grad_accum_steps(),
-             t.num_workers, t.deepspeed)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config.to_dict(),
@@ -175,15 +172,21 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
     )
     clear_fatal(loop_config.fatal_uri, storage)
-    board = get_board(run_name)  # held by the driver for the stage; rank 0 posts its progress there
     clock.mark("fit_start")
-    with show_progress(board, stage, total_steps):
-        result = trainer.fit()
+    try:
+        with show_progress(board, stage):
+            result = trainer.fit()
+    except Exception:
+        if ahead is not None:
+            ahead.result()  # a failed preprocessing pass is the cause worth reporting: raise it instead
+        raise
     clock.mark("fit_end")
+    if ahead is not None:
+        total_steps = ahead.result().total_steps  # a failed preprocessing pass raises its own error here
     raise_recorded(loop_config.fatal_uri, storage, cause=getattr(result, "error", None))
     if getattr(result, "error", None):
         raise result.error
-    counts = ray.get(counter.snapshot.remote())
+    counts = ray.get(board.snapshot.remote())
     data_metrics = check_quality(counts, cfg.data.max_bad_fraction)
     metrics = dict(result.metrics or {})
     if tracking and run_id:
@@ -200,6 +203,28 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
                        {k: v for k, v in metrics.items() if not k.startswith("phase/")},
                        result.checkpoint.path if result.checkpoint else None, time.perf_counter() - started,
                        data_metrics, phases)
+
+
+def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock) -> TrainingData:
+    """Preprocess every sample once (in manifest order), check the bad-sample budget, split one fixed shard per
+    worker and plan the steps (runs on the ``DataAhead`` thread)."""
+    import ray
+
+    train_ds.context.execution_options.preserve_order = True
+    materialized = train_ds.materialize()  # the epochs re-read these blocks
+    check_quality(ray.get(board.snapshot.remote()), cfg.data.max_bad_fraction)  # all of it is counted now
+    shards = split_for_workers(materialized, t.num_workers)
+    rows = sum(s.count() for s in shards)
+    clock.mark("preprocessed")
+    total_steps = plan_steps(t, rows)
+    _log_plan(t.stage, t, rows, total_steps)
+    return TrainingData(shards, rows, total_steps)
+
+
+def _log_plan(stage: str, t: TrainConfig, samples: int, total_steps: int) -> None:
+    log.info("stage %s: %d samples, %d optimizer steps of %d (micro %d × accum %d × %d workers), ZeRO config %s",
+             stage, samples, total_steps, t.global_batch_size, t.micro_batch_size, t.grad_accum_steps(),
+             t.num_workers, t.deepspeed)
 
 
 def validation_dataset(uri: str, spec: PreprocessSpec, storage):
