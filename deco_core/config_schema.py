@@ -212,6 +212,10 @@ class PipelineConfig:
     stages: list[str] = field(
         default_factory=lambda: ["prepare_data", "pretrain", "finetune", "evaluate", "analyze", "register"]
     )
+    # Consecutive training stages (pretrain, then finetune) run on one Ray Train worker group, one fit(), when
+    # their worker layouts match (deco_core/train/session.py): the controller start, worker spawn and imports are
+    # paid once per workflow, not per stage. false: one fit() per stage. Needs data.preprocess_ahead.
+    reuse_train_workers: bool = True
 
 
 @dataclass

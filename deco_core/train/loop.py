@@ -1,9 +1,11 @@
-"""``train_loop_per_worker``: runs inside each Ray Train worker.
+"""``train_stage``: one training stage inside a Ray Train worker (``train_loop_per_worker`` for a worker group
+of its own, ``session.py`` for one that serves several stages in turn).
 
-build model -> explicit freeze -> DeepSpeed engine -> resume from the latest verified Ray checkpoint -> epochs
+build model -> explicit freeze -> DeepSpeed engine -> resume from the stage's latest verified Ray checkpoint
+(``ray_checkpoint.py``) -> epochs
 over the worker's sample stream (``stream.py``: a fixed, seeded order that a resume continues exactly) with
 micro-batches, accumulation, clipping inside DeepSpeed -> periodic checkpoints from every rank through
-``ray.train.report`` (with a hash manifest, ``integrity.py``) -> validation loss -> HF-format export (rank 0).
+``ray.train.report`` -> validation loss -> HF-format export (rank 0).
 Step metrics reach tracking once a checkpoint covers them (``steplog.py``), so replayed steps are logged once.
 Workers agree on batch availability every micro-step, so uneven shards can never hang a collective.
 The driver hands each worker a ``LoopConfig``; the worker's running state is a ``WorkerContext``
@@ -15,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -34,14 +35,14 @@ from deco_core.train.deepspeed import build_engine
 from deco_core.train.evaluation import mean_token_loss
 from deco_core.train.fatal import is_non_retryable, read_fatal, record_fatal
 from deco_core.train.faults import maybe_inject_fault
-from deco_core.train.integrity import ResumeState, read_state, verify_checkpoint, write_manifest, write_state
+from deco_core.train.integrity import ResumeState
 from deco_core.train.loop_state import LoopConfig, WorkerContext
 from deco_core.train.progress import PhaseClock, find_board, process_started_at
+from deco_core.train.ray_checkpoint import has_own_checkpoint, maybe_resume, save_and_report
 from deco_core.train.steplog import CommittedMetrics, logged_through
 from deco_core.train.stream import SampleLedger, SampleStream, collate_fn, derived_seed
 
 log = logging.getLogger(__name__)
-CKPT_TAG = "ckpt"
 
 
 def build_stage_model(cfg: Config, stage: str, tokenizer: Any) -> DecoModel:
@@ -52,43 +53,6 @@ def build_stage_model(cfg: Config, stage: str, tokenizer: Any) -> DecoModel:
     if t.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
-
-
-def maybe_resume(engine, fresh: ResumeState) -> ResumeState:
-    """Load the latest Ray Train checkpoint: its files verified against their manifests first, then DeepSpeed's
-    model, optimizer and scheduler state, and our own state (step, epoch, consumed samples) from JSON."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return fresh
-    with ckpt.as_directory() as path:
-        verify_checkpoint(path)
-        state = read_state(path)
-        engine.load_checkpoint(path, tag=CKPT_TAG)
-    if (state.world_size, state.shard_rows) != (fresh.world_size, fresh.shard_rows):
-        log.warning("checkpoint written by %d workers with %d rows per shard, resuming on %d with %d: the sample "
-                    "stream continues near, not exactly at, where it stopped", state.world_size, state.shard_rows,
-                    fresh.world_size, fresh.shard_rows)
-        state.world_size, state.shard_rows = fresh.world_size, fresh.shard_rows
-    log.info("resumed from checkpoint at step %d (epoch %d, %d samples into it)", state.step, state.epoch,
-             state.epoch_samples)
-    return state
-
-
-def save_and_report(engine, state: ResumeState, metrics: dict[str, float], rank: int) -> None:
-    """Every rank writes its DeepSpeed shard to a temp dir (rank 0 adds our JSON state), then the manifest of
-    what it wrote; Ray merges the ranks' dirs into one checkpoint."""
-    import ray.train
-    from ray.train import Checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="deco-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=CKPT_TAG)
-        if rank == 0:
-            write_state(tmp, state)
-        write_manifest(tmp, rank, state.world_size)
-        ray.train.report({**metrics, "step": state.step, "epoch": state.epoch},
-                         checkpoint=Checkpoint.from_directory(tmp))
 
 
 def _all_have_batch(has: bool, device: torch.device) -> bool:
@@ -144,7 +108,7 @@ def run_epoch(engine, t: TrainConfig, state: ResumeState, total_steps: int, stre
         if state.step % t.log_every == 0 or state.step == total_steps:
             log_step(engine, t, state, total_steps, tracker, ctx)
         if state.step % t.checkpoint_every == 0 and state.step < total_steps:
-            save_and_report(engine, state, {"loss": ctx.last_loss}, ctx.rank)
+            save_and_report(engine, state, {"loss": ctx.last_loss}, ctx.rank, ctx.run_name)
             tracker.commit()  # the steps up to here are covered by a checkpoint
     return got_any
 
@@ -202,32 +166,36 @@ def torch_threads(t: TrainConfig, local_world_size: int) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point given to TorchTrainer; ``config`` is ``LoopConfig.to_dict()``, built by ``deco_core.train.trainer``.
+    """Entry point given to TorchTrainer; ``config`` is ``LoopConfig.to_dict()``, built by ``deco_core.train.trainer``."""
+    import ray.train
 
-    An error a retry cannot fix is recorded before it is raised; a retried attempt that finds the record
-    returns at once (``deco_core.train.fatal``)."""
+    setup_logging(ray.train.get_context().get_world_rank())
+    train_stage(LoopConfig.from_dict(config))
+
+
+def train_stage(lc: LoopConfig, picked_at: float | None = None) -> dict[str, Any] | None:
+    """Train one stage in this worker; returns the metrics of its final report (step, losses, phase marks), or
+    None when an earlier attempt recorded an error a retry cannot fix (this attempt then does not train again,
+    ``deco_core.train.fatal``). ``picked_at``: when a worker that
+    already served a stage (``session.py``) took this one up; None in a fresh worker process."""
     import ray.train
 
     tctx = ray.train.get_context()
     rank = tctx.get_world_rank()
-    setup_logging(rank)
-    lc = LoopConfig.from_dict(config)
     if lc.fatal_uri and read_fatal(lc.fatal_uri, lc.storage) is not None:
         log.error("rank %d: an earlier attempt failed with an error a retry cannot fix; not training again", rank)
-        return
+        return None
     try:
-        _train(lc, tctx)
+        return _train(lc, tctx, picked_at)
     except Exception as exc:
         if lc.fatal_uri and is_non_retryable(exc):
             record_fatal(lc.fatal_uri, exc, rank, lc.storage)
         raise
 
 
-def _train(lc: LoopConfig, tctx) -> None:
-    import ray.train
-
+def _train(lc: LoopConfig, tctx, picked_at: float | None) -> dict[str, Any]:
     clock = PhaseClock()
-    clock.marks["worker_process"] = process_started_at()
+    clock.marks["worker_process"] = process_started_at() if picked_at is None else picked_at
     clock.mark("worker_start")
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     cfg = from_dict(lc.cfg)
@@ -238,10 +206,10 @@ def _train(lc: LoopConfig, tctx) -> None:
     transform = ImageTransform.from_vision_config(cfg.model.vision)
     stream, total = _stream(lc, t, rank, world, cfg.data.shuffle_buffer, transform)
     clock.mark("data_ready")
-    if ray.train.get_checkpoint() is None:
+    if not has_own_checkpoint(lc.run_name):
         stream.prime(epoch=0)  # a fresh stage starts at epoch 0: its first batch loads while DeepSpeed starts
     engine = build_engine(model, t, world, t.use_gpu, total)
-    state = maybe_resume(engine, ResumeState(seed=t.seed, world_size=world, shard_rows=stream.rows()))
+    state = maybe_resume(engine, ResumeState(seed=t.seed, world_size=world, shard_rows=stream.rows()), lc.run_name)
     clock.mark("engine_ready")
     tracker = make_tracker(rank, lc.tracking_uri, lc.run_id, lc.system_metrics)
     if state.step == 0:
@@ -253,7 +221,8 @@ def _train(lc: LoopConfig, tctx) -> None:
     ctx = WorkerContext(rank=rank, world=world, clock=clock, transform=transform,
                         ledger=SampleLedger(lc.sample_log, rank), counter=counter,
                         board=find_board(lc.run_name) if rank == 0 else None,
-                        max_bad_fraction=cfg.data.max_bad_fraction, fault=lc.fault, start_step=state.step)
+                        max_bad_fraction=cfg.data.max_bad_fraction, fault=lc.fault, start_step=state.step,
+                        run_name=lc.run_name)
     ctx.stats.reset()
     max_epochs = None if t.max_steps else t.epochs
     engine.train()
@@ -263,7 +232,7 @@ def _train(lc: LoopConfig, tctx) -> None:
         if state.step < total:
             state.epoch, state.epoch_samples = state.epoch + 1, 0
     clock.mark("steps_done")
-    finish_stage(engine, model, state, committed, lc, ctx)
+    return finish_stage(engine, model, state, committed, lc, ctx)
 
 
 def _stream(lc: LoopConfig, t: TrainConfig, rank: int, world: int, shuffle_buffer: int,
@@ -287,12 +256,13 @@ def _stream(lc: LoopConfig, t: TrainConfig, rank: int, world: int, shuffle_buffe
 
 
 def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: CommittedMetrics, lc: LoopConfig,
-                 ctx: WorkerContext) -> None:
-    """Validation loss, consolidated export (rank 0), final checkpoint + report from every rank."""
+                 ctx: WorkerContext) -> dict[str, Any]:
+    """Validation loss, consolidated export (rank 0), final checkpoint + report from every rank; returns the
+    reported metrics."""
     import ray.train
 
     metrics: dict[str, float] = {"loss": ctx.last_loss}
-    val = ray.train.get_dataset_shard("val") if lc.has_val else None
+    val = lc.val_data if lc.val_data is not None else ray.train.get_dataset_shard("val") if lc.has_val else None
     if val is not None:
         engine.eval()
         batches = (
@@ -311,6 +281,8 @@ def finish_stage(engine, model: DecoModel, state: ResumeState, tracker: Committe
         tracker.tracker.set_tags({"deco.output_uri": lc.output_uri})
         tracker.add({"train/final_loss": metrics["loss"]}, step=state.step)
     ctx.clock.mark("export_done")
-    save_and_report(engine, state, {**metrics, **ctx.clock.as_metrics()}, ctx.rank)
+    final = {**metrics, **ctx.clock.as_metrics(), "worker_pid": os.getpid()}
+    save_and_report(engine, state, final, ctx.rank, lc.run_name)
     tracker.commit()
     tracker.tracker.finish(status=None)
+    return {**final, "step": state.step, "epoch": state.epoch}

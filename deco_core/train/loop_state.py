@@ -46,6 +46,9 @@ class LoopConfig:
     """``StorageConfig`` for remote URIs."""
     has_val: bool = False
     """A ``val`` dataset shard is attached to the trainer."""
+    val_data: Any = None
+    """The validation split as a small in-memory Ray Dataset passed with the stage (a worker group that serves
+    several stages cannot take per-stage trainer datasets); None: the trainer's ``val`` shard, if any."""
     val_batch_size: int = 1
     """Micro-batch size of the validation pass."""
     data_ahead: bool = False
@@ -105,6 +108,8 @@ class WorkerContext:
     """The driver's progress board actor (rank 0 only), or None."""
     max_bad_fraction: float = 0.0
     fault: FaultHook | None = None
+    run_name: str = ""
+    """The stage's run: names its checkpoints (``ray_checkpoint.py``)."""
     stats: StepStats = field(default_factory=StepStats)
     last_loss: float = float("nan")
     history: list[tuple[int, float]] = field(default_factory=list)

@@ -30,6 +30,7 @@ from deco_core.train.faults import fault_hook_from_env
 from deco_core.train.loop import train_loop_per_worker
 from deco_core.train.loop_state import LoopConfig
 from deco_core.train.progress import PhaseClock, durations, get_board, show_progress
+from deco_core.train.session import TrainingSession, WorkerPlan, session_for
 from deco_core.train.stream import split_for_workers
 
 log = logging.getLogger(__name__)
@@ -109,17 +110,17 @@ def plan_steps(t: TrainConfig, num_samples: int) -> int:
 
 def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], output_uri: str, run_name: str,
               storage_path: str, val_uri: str | None = None, parent_run_id: str | None = None,
-              tracking: bool = True, sample_log: str | None = None) -> StageResult:
+              tracking: bool = True, sample_log: str | None = None, session: str | None = None) -> StageResult:
     """Train one stage on a Ray cluster (``ray.init`` must have been called) and export the model.
 
     With ``data.preprocess_ahead`` every sample is preprocessed once on a driver thread while ``fit()`` starts the
     workers (``ahead.py``), split into one fixed shard per worker, and each epoch is read in a seeded order, so a
     resumed stage replays the exact sample stream (``stream.py``).
-    ``sample_log``: a path prefix; each rank then appends the sample keys of every micro-batch there."""
+    ``sample_log``: a path prefix; each rank then appends the sample keys of every micro-batch there.
+    ``session``: train on the worker group of the training session of that name (``session.py``: opened here, or
+    reused when an earlier stage left it open with the same worker plan; needs ``data.preprocess_ahead``) instead
+    of a ``fit()`` of the stage's own."""
     import ray
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     t: TrainConfig = getattr(cfg, stage)
     started = time.perf_counter()
@@ -131,6 +132,8 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     storage = cfg.data.storage
     build_ds_config(t, t.num_workers, t.use_gpu)  # batch layout errors end the stage here, before any worker
     exact = cfg.data.preprocess_ahead
+    if session is not None and not exact:
+        raise ValueError("a training session needs data.preprocess_ahead=true (its workers take no streamed dataset)")
     # exact replay needs a fixed row order: manifest order in, order kept through the parallel preprocessing
     train_ds, n_train = build_dataset(sources, spec, storage, run_name, cfg.data.preprocess_batch_size,
                                       cfg.data.preprocess_cpus, t.samples_per_epoch, shuffle=not exact, tasks=exact)
@@ -146,6 +149,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     datasets = {} if exact else {"train": train_ds}
     if val_uri:
         datasets["val"] = validation_dataset(val_uri, spec, storage)
+    val_data = datasets.pop("val", None) if session is not None else None
     tracking_uri = run_id = None
     if tracking:
         tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
@@ -156,39 +160,19 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         cfg=to_dict(cfg), stage=stage, stage_template=t.template, run_name=run_name, tokenizer=tokenizer,
         total_steps=total_steps, output_uri=_abs_storage(output_uri), tracking_uri=tracking_uri, run_id=run_id,
         system_metrics=cfg.tracking.system_metrics, counter_name=run_name, storage=storage, has_val=bool(val_uri),
-        val_batch_size=t.micro_batch_size, data_ahead=exact, sample_log=sample_log,
+        val_batch_size=t.micro_batch_size, val_data=val_data, data_ahead=exact, sample_log=sample_log,
         fatal_uri=fatal_uri(storage_path, run_name), fault=fault_hook_from_env(storage_path, run_name),
     )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config.to_dict(),
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
-                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
-        datasets=datasets or None,
-        dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
-    )
     clear_fatal(loop_config.fatal_uri, storage)
-    clock.mark("fit_start")
-    try:
-        with show_progress(board, stage):
-            result = trainer.fit()
-    except Exception:
-        if ahead is not None:
-            ahead.result()  # a failed preprocessing pass is the cause worth reporting: raise it instead
-        raise
-    clock.mark("fit_end")
+    if session is not None:
+        workers = session_for(session, WorkerPlan.of(cfg, t, storage_path))
+        metrics, checkpoint = _run_in_session(workers, loop_config, board, ahead, clock)
+    else:
+        metrics, checkpoint = _fit(cfg, t, loop_config, datasets, exact, storage_path, board, ahead, clock)
     if ahead is not None:
         total_steps = ahead.result().total_steps  # a failed preprocessing pass raises its own error here
-    raise_recorded(loop_config.fatal_uri, storage, cause=getattr(result, "error", None))
-    if getattr(result, "error", None):
-        raise result.error
     counts = ray.get(board.snapshot.remote())
     data_metrics = check_quality(counts, cfg.data.max_bad_fraction)
-    metrics = dict(result.metrics or {})
     if tracking and run_id:
         from mlflow import MlflowClient
 
@@ -201,8 +185,58 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     log.info("stage %s phases: %s", stage, "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
     return StageResult(stage, loop_config.output_uri, run_id, int(metrics.get("step", total_steps)),
                        {k: v for k, v in metrics.items() if not k.startswith("phase/")},
-                       result.checkpoint.path if result.checkpoint else None, time.perf_counter() - started,
+                       checkpoint, time.perf_counter() - started,
                        data_metrics, phases)
+
+
+def _fit(cfg: Config, t: TrainConfig, loop_config: LoopConfig, datasets: dict[str, Any], exact: bool,
+         storage_path: str, board, ahead: DataAhead | None, clock: PhaseClock) -> tuple[dict[str, Any], str | None]:
+    """The stage on a worker group of its own: one ``fit()``; returns (final metrics, checkpoint path)."""
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config.to_dict(),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=RunConfig(name=loop_config.run_name, storage_path=storage_path,
+                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
+    )
+    clock.mark("fit_start")
+    try:
+        with show_progress(board, t.stage):
+            result = trainer.fit()
+    except Exception:
+        if ahead is not None:
+            ahead.result()  # a failed preprocessing pass is the cause worth reporting: raise it instead
+        raise
+    clock.mark("fit_end")
+    raise_recorded(loop_config.fatal_uri, loop_config.storage, cause=getattr(result, "error", None))
+    if getattr(result, "error", None):
+        raise result.error
+    return dict(result.metrics or {}), result.checkpoint.path if result.checkpoint else None
+
+
+def _run_in_session(session: TrainingSession, loop_config: LoopConfig, board, ahead: DataAhead | None,
+                    clock: PhaseClock) -> tuple[dict[str, Any], str | None]:
+    """The stage on the session's workers; returns (final metrics, checkpoint path)."""
+    clock.mark("fit_start")
+    try:
+        with show_progress(board, loop_config.stage):
+            metrics = session.run(loop_config)
+    except Exception:
+        if ahead is not None:
+            ahead.result()
+        raise
+    clock.mark("fit_end")
+    step = int(metrics.get("step", 0))
+    return metrics, session.checkpoint_path(loop_config.run_name, step)
 
 
 def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock) -> TrainingData:

@@ -1,6 +1,7 @@
 """Stages pretrain and finetune, one parameterised module: pretrain aligns on captions (``plain`` template),
 finetune tunes on instructions (``vicuna_v1``) from the pretrain export; both with Ray Train + DeepSpeed, and both
-export the model."""
+export the model. With ``pipeline.reuse_train_workers`` the two run on one worker group (a training session,
+``deco_core.train.session``): a stage leaves it open when a training stage follows in this workflow run."""
 
 from __future__ import annotations
 
@@ -11,9 +12,21 @@ from deco_core.train.sources import ray_storage, train_sources
 from pipelines.ops.runtime import ensure_ray
 from pipelines.workflow.context import StageContext
 
+TRAIN_STAGES = ("pretrain", "finetune")
+
+
+def session_name(ctx: StageContext) -> str | None:
+    """The workflow's training session (stable across runs, so a killed stage resumes its checkpoints), or None
+    for a ``fit()`` per stage."""
+    cfg = ctx.cfg
+    if cfg.pipeline.reuse_train_workers and cfg.data.preprocess_ahead:
+        return f"{cfg.pipeline.name}-training"
+    return None
+
 
 def train(ctx: StageContext, stage: str, init_from: str | None = None) -> dict[str, Any]:
     """Run the training stage ``stage`` (pretrain | finetune) and return its outputs."""
+    from deco_core.train.session import close_sessions
     from deco_core.train.trainer import run_stage
 
     cfg = ctx.cfg
@@ -22,8 +35,17 @@ def train(ctx: StageContext, stage: str, init_from: str | None = None) -> dict[s
     ensure_ray(cfg)
     sources, val_uri = train_sources(cfg, stage, ctx.inputs.get("prepare_data", {}))
     output = getattr(cfg, stage).output_uri or ctx.out_uri("model")
-    result = run_stage(cfg, stage, sources=sources, val_uri=val_uri, output_uri=output, run_name=ctx.run_name,
-                       storage_path=ray_storage(cfg), parent_run_id=ctx.parent_run_id)
+    session = session_name(ctx)
+    keep = session is not None and any(s in TRAIN_STAGES for s in ctx.later)
+    try:
+        result = run_stage(cfg, stage, sources=sources, val_uri=val_uri, output_uri=output, run_name=ctx.run_name,
+                           storage_path=ray_storage(cfg), parent_run_id=ctx.parent_run_id, session=session)
+    except BaseException:
+        keep = False
+        raise
+    finally:
+        if session is not None and not keep:
+            close_sessions()
     return {"model": result.output_uri, "steps": result.steps, "final_loss": result.metrics.get("loss"),
             "val_loss": result.metrics.get("val_loss"), "wall_s": round(result.wall_s, 1),
             "checkpoint": result.checkpoint, "mlflow_run": result.run_id}

@@ -27,6 +27,7 @@ class StageContext:
     run_id: str | None
     parent_run_id: str | None
     tracking_uri: str | None
+    later: tuple[str, ...] = ()  # the stages this workflow run goes on to after this one (some may be cached)
 
     @property
     def root(self) -> str:

@@ -128,14 +128,17 @@ class Workflow:
         reports: list[StageReport] = []
         ok = False
         try:
-            for name in selected:
-                report = self._run_one(name, parent, force)
+            for i, name in enumerate(selected):
+                report = self._run_one(name, parent, force, tuple(selected[i + 1:]))
                 reports.append(report)
                 self._tag_parent(parent, report)
                 if report.status == "failed":
                     break
             ok = not any(r.status == "failed" for r in reports)
         finally:
+            from deco_core.train.session import close_sessions
+
+            close_sessions()  # a training session a failed stage left open
             if not ok or self.parent_run_id is None or self.end_parent:
                 self._client().set_terminated(parent, "FINISHED" if ok else "FAILED")
             self.store.set_workflow(status="finished" if ok else "failed", finished=time.time())
@@ -156,7 +159,7 @@ class Workflow:
             if isinstance(value, str | int | float):
                 client.set_tag(parent, f"stage.{report.name}.{key}", str(value)[:5000])
 
-    def _run_one(self, name: str, parent: str, force: bool) -> StageReport:
+    def _run_one(self, name: str, parent: str, force: bool, later: tuple[str, ...] = ()) -> StageReport:
         spec = self.stages[name]
         state = self.load_state()
         if name in self.external:
@@ -175,7 +178,7 @@ class Workflow:
         for key, value in self.stage_tags.items():  # also on a resumed run
             self._client().set_tag(run_id, key, value)
         inputs = {d: state["stages"][d].get("outputs", {}) for d in spec.deps if d in state["stages"]}
-        ctx = StageContext(self.cfg, name, self.fps[name], inputs, run_name, run_id, parent, self.tracking_uri)
+        ctx = StageContext(self.cfg, name, self.fps[name], inputs, run_name, run_id, parent, self.tracking_uri, later)
         now = time.time()
         self.store.replace(name, {"status": "running", "fingerprint": self.fps[name], "started": now,
                                   "heartbeat": now, "run_id": run_id, "parent_run_id": parent,

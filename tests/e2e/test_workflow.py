@@ -38,7 +38,7 @@ def _wait_for_finetune_checkpoint(root: Path, proc: subprocess.Popen, timeout: f
         if state_file.exists():
             state = json.loads(state_file.read_text())
             if state["stages"].get("finetune", {}).get("status") == "running":
-                if list((root / "ray").glob("*-finetune-*/checkpoint_*")):
+                if list((root / "ray").glob("*/checkpoint_*-finetune-*")):
                     return
         time.sleep(1)
     raise AssertionError("finetune never checkpointed")

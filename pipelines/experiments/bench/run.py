@@ -111,11 +111,13 @@ def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, pare
 
     (h) the trainer floor: the tiny default's finetune step on Ray Train + DeepSpeed against the same step in this
     process (same model, freeze policy, global batch and total torch threads), the plain runs interleaved before
-    and after the Ray run; the 2-worker ZeRO-2 layout is measured beside it. (i) the per-stage fixed cost and its
-    phases, for a pretrain and a finetune stage.
+    and after the Ray runs; the 2-worker ZeRO-2 layout is measured beside it. (i) the per-stage fixed cost and its
+    phases, for a pretrain and a finetune stage run as the workflow runs them (one training session), beside a
+    finetune stage on a worker group of its own.
     """
     import ray
 
+    from deco_core.train.session import close_sessions
     from pipelines.experiments.bench.train import bench_stage
     from pipelines.ops.runtime import ensure_ray
 
@@ -130,9 +132,13 @@ def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, pare
         spec = preprocess_spec(cfg, t.template, tokenizer)
         results["data_pipeline"] = bench_data_pipeline(corpus.finetune, spec, cfg, cfg.data.preprocess_batch_size)
         plain = _floor(cfg, "finetune", tokenizer, batch, s.floor_steps, total_threads)
-        finetune = bench_stage(cfg, "finetune", corpus.finetune, out_dir, parent)
+        try:  # the workflow's way: both training stages on one worker group
+            pretrain = bench_stage(cfg, "pretrain", corpus.pretrain, out_dir, parent, session="bench")
+            finetune = bench_stage(cfg, "finetune", corpus.finetune, out_dir, parent, session="bench")
+        finally:
+            close_sessions()
         plain += _floor(cfg, "finetune", tokenizer, batch, s.floor_steps, total_threads)
-        pretrain = bench_stage(cfg, "pretrain", corpus.pretrain, out_dir, parent)
+        own_fit = bench_stage(cfg, "finetune", corpus.finetune, out_dir, parent, label="finetune-own-fit")
         two = _two_worker_config(cfg)
         two_workers = bench_stage(two, "finetune", corpus.finetune, out_dir, parent, label="finetune-2workers")
     finally:
@@ -154,9 +160,11 @@ def _on_ray(results: dict[str, Any], cfg, tokenizer, corpus, out_dir: Path, pare
         "stages": {k: {"wall_s": v["wall_s"], "steps": v["steps"], "fixed_s": v["fixed_s"],
                        "steady_step_s": v["throughput"]["steady_step_s"], "phases": v["phases"]}
                    for k, v in stages.items()},
+        # the baseline: the finetune stage on a worker group of its own (pipeline.reuse_train_workers=false)
+        "own_fit": {"fixed_s": own_fit["fixed_s"], "phases": own_fit["phases"]},
         **({"ray_start_s": ray_start} if ray_start is not None else {}),  # paid once per workflow, not per stage
     }
-    pretrain.pop("memory"), two_workers.pop("memory")
+    pretrain.pop("memory"), two_workers.pop("memory"), own_fit.pop("memory")
     results["memory"]["workers"] = finetune.pop("memory")
     results["cold_start"] = finetune.pop("cold_start")
     results["trainer"] = finetune

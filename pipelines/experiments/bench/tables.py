@@ -143,10 +143,11 @@ def _section_h_i(floor: dict[str, Any], over: dict[str, Any]) -> list[str]:
          "thread(s)", two["ray_step_s"], floor["single_process_step_s"], two["ratio"]],
     ]
     stages = over["stages"]
+    own = over.get("own_fit", {"phases": {}, "fixed_s": float("nan")})
     phase_rows = [[name, *(stages[k]["phases"].get(name, float("nan")) for k in ("pretrain", "finetune")),
-                   over["phases"][name]] for name in over["phases"]]
+                   over["phases"][name], own["phases"].get(name, float("nan"))] for name in over["phases"]]
     phase_rows.append(["**fixed cost** (wall − steps × steady step)", stages["pretrain"]["fixed_s"],
-                       stages["finetune"]["fixed_s"], over["fixed_s"]])
+                       stages["finetune"]["fixed_s"], over["fixed_s"], own["fixed_s"]])
     ray_line = (f" Starting Ray itself took {fmt(over['ray_start_s'], 1)} s, paid once per workflow (before the "
                 "first stage), not per stage." if "ray_start_s" in over else "")
     return [
@@ -158,8 +159,12 @@ def _section_h_i(floor: dict[str, Any], over: dict[str, Any]) -> list[str]:
         "", markdown_table(["trainer", "step (s)", "plain process (s, baseline)", "ratio"], rows), "",
         "## (i) Fixed cost per training stage",
         "Where a stage's time goes apart from its steps (driver and worker wall-clock marks, `deco_core/train/"
-        f"trainer.py` PHASES).{ray_line}",
-        "", markdown_table(["phase", "pretrain (s)", "finetune (s)", "median (s)"], phase_rows), "",
+        "trainer.py` PHASES). Pretrain then finetune run as the workflow runs them, on one Ray Train worker group "
+        "(a training session, `deco_core/train/session.py`): the second stage pays no controller start, process "
+        "spawn or imports. Baseline: a finetune stage on a worker group of its own (one `fit()` per stage, "
+        f"`pipeline.reuse_train_workers=false`).{ray_line}",
+        "", markdown_table(["phase", "pretrain (s)", "finetune (s)", "median (s)", "own fit() (s, baseline)"],
+                           phase_rows), "",
     ]
 
 

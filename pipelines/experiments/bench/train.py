@@ -98,9 +98,10 @@ def _steady(values: list[tuple[int, float, float]], skip: int = 1) -> float:
 
 
 def bench_stage(cfg: Config, stage: str, source_uri: str, out_dir: Path, parent_run_id: str | None,
-                label: str | None = None) -> dict[str, Any]:
+                label: str | None = None, session: str | None = None) -> dict[str, Any]:
     """One short training stage through ``run_stage`` (logging every step), read back from MLflow: steady step
-    time, data wait, throughput, phase breakdown and the fixed cost (wall time − steps × steady step time)."""
+    time, data wait, throughput, phase breakdown and the fixed cost (wall time − steps × steady step time).
+    ``session``: run it in that training session (opened by the first stage that names it)."""
     from mlflow import MlflowClient
 
     from deco_core.train.loop import torch_threads
@@ -114,7 +115,8 @@ def bench_stage(cfg: Config, stage: str, source_uri: str, out_dir: Path, parent_
     called = time.time()
     try:
         result = run_stage(cfg, stage, sources=[(source_uri, 1.0)], output_uri=str(out_dir / "model" / run_name),
-                           run_name=run_name, storage_path=str(out_dir / "ray"), parent_run_id=parent_run_id)
+                           run_name=run_name, storage_path=str(out_dir / "ray"), parent_run_id=parent_run_id,
+                           session=session)
     finally:
         sampler.stop()
     client = MlflowClient(cfg.tracking.tracking_uri)
