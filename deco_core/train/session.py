@@ -125,14 +125,19 @@ class TrainingSession:
                 raise RuntimeError(f"training session {self.name} ended before stage {lc.stage} finished")
 
     def close(self, timeout_s: float = 300.0) -> None:
-        """Tell the workers to return and wait for ``fit()`` to end."""
+        """Tell the workers to return and wait for ``fit()`` to end. With a stage still in flight (the driver is
+        failing or interrupted) the workers only see the stop after it, so wait a few seconds only: the worker
+        group ends with the driver's Ray session."""
         import ray
 
         if self.alive:
+            in_flight = self._seq > 0 and ray.get(self.board.read_result.remote(self._seq)) is None
             ray.get(self.board.post_stage.remote({"seq": self._seq + 1, "stop": True}))
-            self._thread.join(timeout_s)
+            wait_s = min(timeout_s, 5.0) if in_flight else timeout_s
+            self._thread.join(wait_s)
             if self._thread.is_alive():
-                log.warning("training session %s did not end within %.0fs", self.name, timeout_s)
+                log.warning("training session %s still running after %.0fs%s; leaving it to end with Ray", self.name,
+                            wait_s, " (a stage was in flight)" if in_flight else "")
         if self._error is not None:
             log.warning("training session %s ended with %s: %s", self.name, type(self._error).__name__, self._error)
 

@@ -217,6 +217,8 @@ def _fit(cfg: Config, t: TrainConfig, loop_config: LoopConfig, datasets: dict[st
             ahead.result()  # a failed preprocessing pass is the cause worth reporting: raise it instead
         raise
     clock.mark("fit_end")
+    if ahead is not None:
+        ahead.result()  # a failed preprocessing pass raises its own error, not the workers' record of it
     raise_recorded(loop_config.fatal_uri, loop_config.storage, cause=getattr(result, "error", None))
     if getattr(result, "error", None):
         raise result.error

@@ -19,6 +19,7 @@ from deco_core.data.shards import write_shards
 from deco_core.tracking import resolve_tracking_uri
 from deco_core.train.faults import FAIL_AT_STEP_ENV
 from deco_core.train.integrity import CheckpointIntegrityError, verify_checkpoint
+from deco_core.train.session import close_sessions
 from deco_core.train.stream import read_ledger
 from deco_core.train.trainer import run_stage
 
@@ -84,8 +85,9 @@ def _bad_corpus(path, n: int = 200, every: int = 10) -> str:
     return uri
 
 
-@pytest.mark.parametrize("ahead", [False, True], ids=["streaming", "preprocess-ahead"])
-def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead):
+@pytest.mark.parametrize("ahead,session", [(False, None), (True, None), (True, "bad-session")],
+                         ids=["streaming", "preprocess-ahead", "training-session"])
+def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead, session):
     """10 % bad samples over a 1 % limit with two retries allowed: the stage fails with DataQualityError and
     its own message, counted in a single pass over the 200 samples; no retried attempt trains (a retry would
     re-read and re-count them, and replay step 1 in the sample ledger)."""
@@ -95,8 +97,11 @@ def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead):
                                     "finetune.global_batch_size=16", "finetune.max_steps=12",
                                     "finetune.log_every=1", "finetune.max_failures=2"])
     with pytest.raises(DataQualityError) as err:
-        run_stage(cfg, "finetune", sources=[(uri, 1.0)], output_uri=str(tmp_path / "m"),
-                  run_name=f"bad-{ahead}", storage_path=str(tmp_path / "ray"), sample_log=str(tmp_path / "keys"))
+        try:
+            run_stage(cfg, "finetune", sources=[(uri, 1.0)], output_uri=str(tmp_path / "m"), run_name=f"bad-{ahead}",
+                      storage_path=str(tmp_path / "ray"), sample_log=str(tmp_path / "keys"), session=session)
+        finally:
+            close_sessions()
     assert type(err.value) is DataQualityError
     bad, seen = map(int, re.fullmatch(r"(\d+) of (\d+) samples were bad .*", str(err.value)).groups())
     assert seen <= 200 and bad <= 20 and bad / seen > 0.01
