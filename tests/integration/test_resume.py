@@ -98,7 +98,7 @@ def test_data_quality_error_ends_the_stage_once(ray_local, tmp_path, ahead, sess
                                     "finetune.log_every=1", "finetune.max_failures=2"])
     with pytest.raises(DataQualityError) as err:
         try:
-            run_stage(cfg, "finetune", sources=[(uri, 1.0)], output_uri=str(tmp_path / "m"), run_name=f"bad-{ahead}",
+            run_stage(cfg, "finetune", sources=[(uri, 1.0)], output_uri=str(tmp_path / "m"), run_name=f"bad-{ahead}-{session}",
                       storage_path=str(tmp_path / "ray"), sample_log=str(tmp_path / "keys"), session=session)
         finally:
             close_sessions()
