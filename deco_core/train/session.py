@@ -46,22 +46,40 @@ class WorkerPlan:
     storage_path: str
 
     @classmethod
-    def of(cls, cfg: Config, t: TrainConfig, storage_path: str) -> WorkerPlan:
+    def of(cls, cfg: Config, t: TrainConfig, storage_path: str, session: bool = True) -> WorkerPlan:
         """The plan of stage ``t``. Ray Train counts worker-group failures per ``fit()``, so a session may fail
-        as often as its stages together may (pretrain.max_failures + finetune.max_failures)."""
-        budget = cfg.pretrain.max_failures + cfg.finetune.max_failures
+        as often as its stages together may (pretrain.max_failures + finetune.max_failures); a stage on a
+        ``fit()`` of its own (``session=False``) has its own budget."""
+        budget = cfg.pretrain.max_failures + cfg.finetune.max_failures if session else t.max_failures
         return cls(t.num_workers, float(t.cpus_per_worker), t.use_gpu, budget, t.num_to_keep, cfg.ray.log_level,
                    storage_path)
+
+
+def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], name: str, plan: WorkerPlan, **datasets_kw: Any):
+    """A TorchTrainer for ``plan`` (scaling, logging, checkpoint and failure configs) running ``loop_fn``;
+    ``datasets_kw``: TorchTrainer's ``datasets`` / ``dataset_config``, if any."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
+    return TorchTrainer(
+        loop_fn,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=plan.storage_path,
+                             logging_config=ray.train.LoggingConfig(log_level=plan.log_level),
+                             checkpoint_config=CheckpointConfig(num_to_keep=plan.num_to_keep),
+                             failure_config=FailureConfig(max_failures=plan.max_failures)),
+        **datasets_kw,
+    )
 
 
 class TrainingSession:
     """Driver side: starts ``fit()`` on a thread at once; ``run`` trains one stage, ``close`` ends the fit."""
 
     def __init__(self, name: str, plan: WorkerPlan) -> None:
-        import ray.train
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
         from deco_core.monitor import get_monitor
 
         self.name, self.plan = name, plan
@@ -70,17 +88,7 @@ class TrainingSession:
         self._seq = 0
         self._error: BaseException | None = None
         self._done = threading.Event()
-        resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
-        self._trainer = TorchTrainer(
-            session_loop_per_worker,
-            train_loop_config={"board": self._board_name},
-            scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                                         resources_per_worker=resources),
-            run_config=RunConfig(name=name, storage_path=plan.storage_path,
-                                 logging_config=ray.train.LoggingConfig(log_level=plan.log_level),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=plan.num_to_keep),
-                                 failure_config=FailureConfig(max_failures=plan.max_failures)),
-        )
+        self._trainer = torch_trainer(session_loop_per_worker, {"board": self._board_name}, name, plan)
         self._thread = threading.Thread(target=self._fit, name=f"train-session-{name}", daemon=True)
         self._thread.start()
         log.info("training session %s: one worker group for the training stages (%d worker(s))", name,
@@ -201,4 +209,5 @@ def session_loop_per_worker(config: dict[str, Any]) -> None:
         gc.collect()
 
 
-__all__ = ["TrainingSession", "WorkerPlan", "close_sessions", "session_for", "session_loop_per_worker"]
+__all__ = ["TrainingSession", "WorkerPlan", "close_sessions", "session_for", "session_loop_per_worker",
+           "torch_trainer"]

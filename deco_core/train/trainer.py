@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from deco_core.train.faults import fault_hook_from_env
 from deco_core.train.loop import train_loop_per_worker
 from deco_core.train.loop_state import LoopConfig
 from deco_core.train.progress import PhaseClock, durations, get_board, show_progress
-from deco_core.train.session import TrainingSession, WorkerPlan, session_for
+from deco_core.train.session import TrainingSession, WorkerPlan, session_for, torch_trainer
 from deco_core.train.stream import split_for_workers
 
 log = logging.getLogger(__name__)
@@ -189,34 +191,31 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
                        data_metrics, phases)
 
 
+@contextmanager
+def _training(board, stage: str, ahead: DataAhead | None, clock: PhaseClock) -> Iterator[None]:
+    """Marks fit_start/fit_end around the workers' run with live progress; when it fails, a failed preprocessing
+    pass is the cause worth reporting and is raised instead."""
+    clock.mark("fit_start")
+    try:
+        with show_progress(board, stage):
+            yield
+    except Exception:
+        if ahead is not None:
+            ahead.result()
+        raise
+    clock.mark("fit_end")
+
+
 def _fit(cfg: Config, t: TrainConfig, loop_config: LoopConfig, datasets: dict[str, Any], exact: bool,
          storage_path: str, board, ahead: DataAhead | None, clock: PhaseClock) -> tuple[dict[str, Any], str | None]:
     """The stage on a worker group of its own: one ``fit()``; returns (final metrics, checkpoint path)."""
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import DataConfig
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config.to_dict(),
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
-        run_config=RunConfig(name=loop_config.run_name, storage_path=storage_path,
-                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
-        datasets=datasets or None,
-        dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]),
-    )
-    clock.mark("fit_start")
-    try:
-        with show_progress(board, t.stage):
-            result = trainer.fit()
-    except Exception:
-        if ahead is not None:
-            ahead.result()  # a failed preprocessing pass is the cause worth reporting: raise it instead
-        raise
-    clock.mark("fit_end")
+    trainer = torch_trainer(train_loop_per_worker, loop_config.to_dict(), loop_config.run_name,
+                            WorkerPlan.of(cfg, t, storage_path, session=False), datasets=datasets or None,
+                            dataset_config=DataConfig(datasets_to_split=[] if exact else ["train"]))
+    with _training(board, t.stage, ahead, clock):
+        result = trainer.fit()
     if ahead is not None:
         ahead.result()  # a failed preprocessing pass raises its own error, not the workers' record of it
     raise_recorded(loop_config.fatal_uri, loop_config.storage, cause=getattr(result, "error", None))
@@ -228,17 +227,9 @@ def _fit(cfg: Config, t: TrainConfig, loop_config: LoopConfig, datasets: dict[st
 def _run_in_session(session: TrainingSession, loop_config: LoopConfig, board, ahead: DataAhead | None,
                     clock: PhaseClock) -> tuple[dict[str, Any], str | None]:
     """The stage on the session's workers; returns (final metrics, checkpoint path)."""
-    clock.mark("fit_start")
-    try:
-        with show_progress(board, loop_config.stage):
-            metrics = session.run(loop_config)
-    except Exception:
-        if ahead is not None:
-            ahead.result()
-        raise
-    clock.mark("fit_end")
-    step = int(metrics.get("step", 0))
-    return metrics, session.checkpoint_path(loop_config.run_name, step)
+    with _training(board, loop_config.stage, ahead, clock):
+        metrics = session.run(loop_config)
+    return metrics, session.checkpoint_path(loop_config.run_name, int(metrics.get("step", 0)))
 
 
 def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock) -> TrainingData:
