@@ -126,14 +126,16 @@ def test_quick_bench_fills_every_field_with_finite_ratios(ray_local, tmp_path, m
     ratios = [data["hf_parity"]["ratio_deco_over_llava"], data["compression"]["time_ratio_mlp_over_deco"],
               data["compression"]["flop_ratio_mlp_over_deco"], data["data_pipeline"]["speedup"],
               data["data_pipeline"]["per_core_efficiency"], *(v["mfu"] for k, v in data["mfu"].items() if k != "peak"),
-              data["trainer_floor"]["ratio"], data["trainer_floor"]["two_workers"]["ratio"]]
+              data["trainer_floor"]["ratio"], data["trainer_floor"]["other_layout"]["ratio"]]
     assert all(math.isfinite(r) and r > 0 for r in ratios), ratios
     assert data["hf_parity"]["loss_abs_diff"] < 1e-4, "DecoModel(mlp) and LLaVA must compute the same loss"
     assert data["compression"]["flop_ratio_mlp_over_deco"] > 1.5
     assert 0.0 <= data["trainer"]["data_wait"]["mean_frac"] <= 1.0
     assert data["cold_start"]["to_first_step_s"] > data["cold_start"]["to_train_workers_s"] > 0
     assert data["memory"]["workers"]["train_worker"]["processes"] >= 1
-    assert data["trainer_floor"]["two_workers"]["layout"]["workers"] == 2
+    floor = data["trainer_floor"]
+    assert floor["other_layout"]["layout"]["workers"] != floor["layout"]["workers"], "the unchosen layout is measured"
+    assert floor["other_layout"]["layout"]["global_batch"] == floor["layout"]["global_batch"]
     over = data["stage_overhead"]
     assert set(over["stages"]) == {"pretrain", "finetune"}
     assert "ray_start_s" not in over, "Ray was already running (ray_local): its start is not the bench's to time"

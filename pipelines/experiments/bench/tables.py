@@ -135,12 +135,13 @@ def _section_f_g(cold: dict[str, Any], mem: dict[str, Any]) -> list[str]:
 
 
 def _section_h_i(floor: dict[str, Any], over: dict[str, Any]) -> list[str]:
-    lay, two = floor["layout"], floor["two_workers"]
+    lay, other = floor["layout"], floor["other_layout"]
     rows = [
         [f"Ray Train + DeepSpeed {lay['zero']}, {lay['workers']} worker(s) × {lay['threads_per_worker']} thread(s) "
          "(the tiny default)", floor["ray_step_s"], floor["single_process_step_s"], floor["ratio"]],
-        [f"Ray Train + DeepSpeed {two['layout']['zero']}, 2 workers × {two['layout']['threads_per_worker']} "
-         "thread(s)", two["ray_step_s"], floor["single_process_step_s"], two["ratio"]],
+        [f"Ray Train + DeepSpeed {other['layout']['zero']}, {other['layout']['workers']} worker(s) × "
+         f"{other['layout']['threads_per_worker']} thread(s)", other["ray_step_s"], floor["single_process_step_s"],
+         other["ratio"]],
     ]
     stages = over["stages"]
     own = over.get("own_fit", {"phases": {}, "fixed_s": float("nan")})
