@@ -185,12 +185,29 @@ def test_full_grid_is_five_projectors_at_16_tokens_three_seeds_plus_mlp() -> Non
     assert {r.config_name for r in runs if r.projector == "mlp"} == {"mlp-all"}
 
 
-def test_the_committed_summary_published_before_intervals_still_renders_as_the_readme_shows() -> None:
-    old = json.loads((ROOT / DOCS / "reproduce.json").read_text())
-    assert "comparisons" not in old  # published before intervals: rendered with the seed spread
-    md = reproduce_markdown(old)
-    assert "## Scores (mean ± sample std over seeds)" in md and "seed std ≤" in md
+def test_the_committed_summary_renders_with_intervals_as_the_readme_shows() -> None:
+    summary = json.loads((ROOT / DOCS / "reproduce.json").read_text())
+    assert "comparisons" in summary
+    md = reproduce_markdown(summary)
+    assert "## Scores (mean ± 95 % interval over seeds)" in md and "seed std ≤" not in md
     readme = (ROOT / "README.md").read_text()
     begin, end = "<!-- results:reproduce -->", "<!-- /results:reproduce -->"
     block = readme[readme.index(begin) + len(begin):readme.index(end)]
     assert block.strip() == render_block("reproduce", ROOT / DOCS).strip()
+
+
+def _without_intervals(node: Any) -> Any:
+    """A summary as published before intervals: no ci95/low/high beside the statistics, no paired comparisons."""
+    if isinstance(node, dict):
+        return {k: _without_intervals(v) for k, v in node.items()
+                if k not in ("ci95", "low", "high", "comparisons", "statistics")}
+    if isinstance(node, list):
+        return [_without_intervals(v) for v in node]
+    return node
+
+
+def test_a_summary_published_before_intervals_renders_with_the_seed_spread() -> None:
+    legacy = _without_intervals(json.loads((ROOT / DOCS / "reproduce.json").read_text()))
+    md = reproduce_markdown(legacy)
+    assert "## Scores (mean ± sample std over seeds)" in md and "seed std ≤" in md
+    assert "95 %" not in md.split("## Definitions")[0]
