@@ -45,7 +45,9 @@ def has_url_password(text: str) -> bool:
 def secret_values(extra: Iterable[str] = ()) -> list[str]:
     """Values of secret-named environment variables plus ``extra``, longest first (a secret containing another
     is replaced whole); values shorter than MIN_SECRET_LEN are left out."""
-    values = list(extra) + [value for name, value in os.environ.items() if is_secret_name(name)]
+    # Names first, then .get(): another thread (MLflow's telemetry) may delete a variable while we read, and
+    # os.environ.items() then raises KeyError mid-iteration.
+    values = list(extra) + [os.environ.get(name, "") for name in list(os.environ) if is_secret_name(name)]
     return sorted({v for v in values if v and len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
 
 

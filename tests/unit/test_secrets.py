@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
+
 import pytest
 
-from deco_core.secrets import MASK, has_url_password, is_secret_name, redact, redact_secrets
+from deco_core import secrets
+from deco_core.secrets import MASK, has_url_password, is_secret_name, redact, redact_secrets, secret_values
 
 SECRET_NAMES = [
     "api_key", "openai_api_key", "hub.apikey", "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
@@ -72,3 +76,26 @@ def test_nested_config_keys_are_masked_and_numbers_kept() -> None:
     assert out["tracking"] == {"uri": "http://mlflow:5000", "api_key": MASK, "auth": {"password": MASK}}
     assert out["model"] == cfg["model"]
     assert out["storage"] == {"aws_secret_access_key": MASK, "token": None}
+
+
+class _VanishingEnviron(Mapping):
+    """An environment in which one variable is deleted (by another thread) between listing and reading it."""
+
+    def __init__(self, data: dict[str, str], gone: str) -> None:
+        self.data, self.gone = data, gone
+
+    def __iter__(self) -> Iterator[str]:
+        yield from [*self.data, self.gone]
+
+    def __getitem__(self, name: str) -> str:
+        return self.data[name]  # KeyError for the vanished one, as os.environ raises then
+
+    def __len__(self) -> int:
+        return len(self.data) + 1
+
+
+def test_a_variable_deleted_while_reading_the_environment_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = _VanishingEnviron({"MY_API_TOKEN": "tok-0123456789", "HOME": "/root"}, "_TELEMETRY_SESSION_TOKEN")
+    monkeypatch.setattr(secrets, "os", SimpleNamespace(environ=environ))
+    assert secret_values() == ["tok-0123456789"]
+    assert redact("key tok-0123456789 here") == f"key {MASK} here"
