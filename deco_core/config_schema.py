@@ -216,6 +216,12 @@ class PipelineConfig:
     # their worker layouts match (deco_core/train/session.py): the controller start, worker spawn and imports are
     # paid once per workflow, not per stage. false: one fit() per stage. Needs data.preprocess_ahead.
     reuse_train_workers: bool = True
+    # The training session's name; null: "<name>-training". Workflows run one after another in one process that
+    # name the same session and the same train_storage share its worker group while a caller holds it open
+    # (deco_core.train.session.hold_sessions; `make reproduce` does, for every cell of its grid).
+    train_session: str | None = None
+    # Where Ray Train persists the training stages' checkpoints (a path or s3://...); null: <root>/ray.
+    train_storage: str | None = None
 
 
 @dataclass

@@ -19,6 +19,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +153,7 @@ class TrainingSession:
 
 
 _OPEN: dict[str, TrainingSession] = {}
+_HOLDS = 0  # callers inside hold_sessions(): a workflow's end leaves its session open for the next workflow
 
 
 def session_for(name: str, plan: WorkerPlan) -> TrainingSession:
@@ -165,10 +168,29 @@ def session_for(name: str, plan: WorkerPlan) -> TrainingSession:
     return current
 
 
-def close_sessions() -> None:
-    """Close every open session (the workflow's end, or before a stage that needs the workers' resources)."""
+def close_sessions(force: bool = False) -> None:
+    """Close every open session (the workflow's end, or a failed stage). Inside ``hold_sessions`` only a forced
+    close (a failure) does: a healthy session then serves the next workflow."""
+    if _HOLDS and not force:
+        log.debug("training sessions %s held open for the next workflow", sorted(_OPEN))
+        return
     while _OPEN:
         _OPEN.popitem()[1].close()
+
+
+@contextmanager
+def hold_sessions() -> Iterator[None]:
+    """Workflows run inside this block share their training sessions: a workflow that ends leaves its session
+    open, and the next one that names the same session with the same worker plan trains on the same worker
+    group (no controller start, process spawn or imports). Every session is closed when the block ends."""
+    global _HOLDS
+    _HOLDS += 1
+    try:
+        yield
+    finally:
+        _HOLDS -= 1
+        if not _HOLDS:
+            close_sessions()
 
 
 def _next_stage(board: Any, done: int) -> dict[str, Any]:
@@ -209,5 +231,5 @@ def session_loop_per_worker(config: dict[str, Any]) -> None:
         gc.collect()
 
 
-__all__ = ["TrainingSession", "WorkerPlan", "close_sessions", "session_for", "session_loop_per_worker",
-           "torch_trainer"]
+__all__ = ["TrainingSession", "WorkerPlan", "close_sessions", "hold_sessions", "session_for",
+           "session_loop_per_worker", "torch_trainer"]

@@ -25,8 +25,9 @@ def train_sources(cfg: Config, stage: str, prepared: dict[str, Any]) -> tuple[li
 
 
 def ray_storage(cfg: Config) -> str:
-    """Where Ray Train keeps checkpoints for every stage of this pipeline."""
-    return join_uri(cfg.pipeline.root, "ray")
+    """Where Ray Train keeps checkpoints for every stage of this pipeline: ``pipeline.train_storage``, else
+    ``<root>/ray``."""
+    return cfg.pipeline.train_storage or join_uri(cfg.pipeline.root, "ray")
 
 
 __all__ = ["ray_storage", "train_sources"]

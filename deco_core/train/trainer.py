@@ -157,10 +157,10 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
         run_id = get_or_create_run(tracking_uri, cfg.tracking.experiment, run_name, cfg.pipeline.root,
                                    parent_run_id, tags={"deco.stage": stage})
-    storage_path = _abs_storage(storage_path)
+    storage_path = abs_storage(storage_path)
     loop_config = LoopConfig(
         cfg=to_dict(cfg), stage=stage, stage_template=t.template, run_name=run_name, tokenizer=tokenizer,
-        total_steps=total_steps, output_uri=_abs_storage(output_uri), tracking_uri=tracking_uri, run_id=run_id,
+        total_steps=total_steps, output_uri=abs_storage(output_uri), tracking_uri=tracking_uri, run_id=run_id,
         system_metrics=cfg.tracking.system_metrics, counter_name=run_name, storage=storage, has_val=bool(val_uri),
         val_batch_size=t.micro_batch_size, val_data=val_data, data_ahead=exact, sample_log=sample_log,
         fatal_uri=fatal_uri(storage_path, run_name), fault=fault_hook_from_env(storage_path, run_name),
@@ -271,5 +271,6 @@ def validation_dataset(uri: str, spec: PreprocessSpec, storage):
     return ray.data.from_items([{k: v for k, v in r.items() if k != "key"} for r in rows])
 
 
-def _abs_storage(uri: str) -> str:
+def abs_storage(uri: str) -> str:
+    """A local path made absolute (Ray Train's workers resolve it from another directory); URIs as they are."""
     return uri if "://" in uri else str(Path(uri).resolve())

@@ -40,12 +40,15 @@ class StageContext:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One row of the stage table: the function, upstream stages, the config sections it reads, a description."""
+    """One row of the stage table: the function, upstream stages, the config sections it reads, a description,
+    and optionally a warm start: work the stage can begin while the stages ahead of it in the same workflow run
+    (the runner calls it once, for the first stage that will run and has one, if another stage runs first)."""
 
     run: Callable[[StageContext], dict[str, Any]]
     deps: tuple[str, ...]
     config_keys: tuple[str, ...]
     description: str
+    warm: Callable[[Config], None] | None = None
 
 
 @dataclass

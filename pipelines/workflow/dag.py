@@ -16,8 +16,10 @@ def stage_table() -> dict[str, StageSpec]:
     # fmt: off
     return {
         "prepare_data": StageSpec(prepare_data.run, (), ("data",), "ShapesWorld / converted shards + manifests"),
-        "pretrain": StageSpec(train.run_pretrain, ("prepare_data",), ("model", "pretrain"), "alignment on captions"),
-        "finetune": StageSpec(train.run_finetune, ("prepare_data", "pretrain"), ("finetune",), "instruction tuning"),
+        "pretrain": StageSpec(train.run_pretrain, ("prepare_data",), ("model", "pretrain"), "alignment on captions",
+                              warm=train.warm_pretrain),
+        "finetune": StageSpec(train.run_finetune, ("prepare_data", "pretrain"), ("finetune",), "instruction tuning",
+                              warm=train.warm_finetune),
         "evaluate": StageSpec(evaluate.run, ("finetune",), ("eval",), "benchmarks on a frozen eval set"),
         "analyze": StageSpec(analyze.run, ("finetune",), ("analysis",), "R-GAE relevance + locality"),
         "register": StageSpec(register.run, ("finetune", "evaluate"), ("tracking.registered_model",),

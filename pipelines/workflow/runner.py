@@ -128,6 +128,7 @@ class Workflow:
         reports: list[StageReport] = []
         ok = False
         try:
+            self._warm_start(selected, force)
             for i, name in enumerate(selected):
                 report = self._run_one(name, parent, force, tuple(selected[i + 1:]))
                 reports.append(report)
@@ -138,12 +139,30 @@ class Workflow:
         finally:
             from deco_core.train.session import close_sessions
 
-            close_sessions()  # a training session a failed stage left open
+            close_sessions(force=not ok)  # a failed run's session is closed even where a caller holds sessions
             if not ok or self.parent_run_id is None or self.end_parent:
                 self._client().set_terminated(parent, "FINISHED" if ok else "FAILED")
             self.store.set_workflow(status="finished" if ok else "failed", finished=time.time())
         write_summary(self.cfg, reports, time.perf_counter() - t0, started_at)
         return reports
+
+    def _warm_start(self, selected: list[str], force: bool) -> None:
+        """Let the first stage of this run that has a warm start begin it now, when another stage runs before it
+        (the training stages start their worker group while prepare_data writes the shards). A warm start that
+        fails is logged and left to the stage itself to report."""
+        state = self.load_state()
+        to_run = [s for s in selected if s not in self.external and (force or not self.is_done(s, state))]
+        first = next((i for i, s in enumerate(to_run) if self.stages[s].warm is not None), None)
+        if not first:  # none, or it runs first: nothing to overlap
+            return
+        name = to_run[first]
+        log.info("stage %-12s warm start while %s run%s first", name, ", ".join(to_run[:first]),
+                 "s" if first == 1 else "")
+        try:
+            self.stages[name].warm(self.cfg)  # type: ignore[misc]
+        except Exception:
+            log.warning("stage %s: warm start failed; the stage starts its own work when it runs", name,
+                        exc_info=True)
 
     def _client(self) -> Any:
         """An MlflowClient on the workflow's store (mlflow is imported on first use)."""

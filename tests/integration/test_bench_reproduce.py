@@ -169,6 +169,10 @@ def test_reproduce_smoke_fills_tables_and_plot_from_the_runs(ray_local, tmp_path
 
     deco = next(r for r in summary["runs"] if r["config"] == "deco-16")
     state = json.loads((out / "deco-16-s0" / "workflow" / "state.json").read_text())["stages"]
+    other = json.loads((out / "qformer-16-s0" / "workflow" / "state.json").read_text())["stages"]
+    pids = {s["outputs"]["worker_pid"] for s in (state["pretrain"], state["finetune"], other["pretrain"],
+                                                 other["finetune"])}
+    assert len(pids) == 1 and None not in pids  # the grid's runs train on one worker group
     assert deco["groups"]["localization"] == state["evaluate"]["outputs"]["eval/group/localization"]
     client = MlflowClient(f"sqlite:///{out / 'mlruns.db'}")
     losses = client.get_metric_history(state["finetune"]["outputs"]["mlflow_run"], "train/loss")

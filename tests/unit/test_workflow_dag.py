@@ -62,3 +62,55 @@ def test_unknown_stage_is_rejected(tmp_path):
     wf = Workflow(compose("pipeline/tiny", [f"pipeline.root={tmp_path}"]))
     with pytest.raises(KeyError, match="prepare_data"):
         wf.run(only=["pretrian"])
+
+
+def _warm_calls(tmp_path, done: tuple[str, ...], only: list[str] | None = None, fail: bool = False) -> list[str]:
+    """The stages whose warm start a run of ``only`` (all stages) begins, with ``done`` already completed."""
+    from dataclasses import replace
+
+    cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path}"])
+    wf = Workflow(cfg)
+    calls: list[str] = []
+
+    def warm_of(name):
+        def warm(c):
+            calls.append(name)
+            if fail:
+                raise RuntimeError("no workers")
+        return warm
+
+    wf.stages = {n: replace(s, warm=warm_of(n)) if s.warm else s for n, s in wf.stages.items()}
+    for name in done:
+        wf.store.update(name, status="completed", fingerprint=wf.fps[name])
+    wf._warm_start([s for s in wf.stages if only is None or s in only], force=False)
+    return calls
+
+
+def test_training_warms_up_while_prepare_data_runs(tmp_path):
+    """A run that prepares data first starts the pretrain stage's worker group at once (one warm start)."""
+    assert _warm_calls(tmp_path, ()) == ["pretrain"]
+
+
+@pytest.mark.parametrize(("done", "only"), [(("prepare_data",), None), (("prepare_data", "pretrain"), None),
+                                            ((), ["pretrain", "finetune"]), ((), ["evaluate"])])
+def test_no_warm_start_when_nothing_runs_before_the_stage(tmp_path, done, only):
+    """Cached upstream stages, a run of training stages only, or a run without training: nothing to overlap."""
+    assert _warm_calls(tmp_path, done, only) == []
+
+
+def test_a_failed_warm_start_is_left_to_the_stage(tmp_path, caplog):
+    assert _warm_calls(tmp_path, (), fail=True) == ["pretrain"]
+    assert "warm start failed" in caplog.text
+
+
+def test_training_session_and_checkpoint_store_can_be_named(tmp_path):
+    """`pipeline.train_session` / `train_storage` name what workflows share (the reproduce grid), else per run."""
+    from deco_core.train.sources import ray_storage
+    from pipelines.stages.train import session_name
+
+    cfg = compose("pipeline/tiny", [f"pipeline.root={tmp_path}"])
+    assert (session_name(cfg), ray_storage(cfg)) == ("tiny-training", f"{tmp_path}/ray")
+    shared = compose("pipeline/tiny", [f"pipeline.root={tmp_path}/a", "pipeline.train_session=grid",
+                                       f"pipeline.train_storage={tmp_path}/ray"])
+    assert (session_name(shared), ray_storage(shared)) == ("grid", f"{tmp_path}/ray")
+    assert session_name(compose("pipeline/tiny", ["pipeline.reuse_train_workers=false"])) is None

@@ -1,10 +1,11 @@
 """``make reproduce`` / ``python -m pipelines.experiments.reproduce [--smoke] [--config conf/reproduce/full.yaml]``:
-the paper's
-projector comparison in miniature. Every (projector, M, seed) of the grid runs the workflow (pretrain -> finetune
--> evaluate -> analyze) under ``<out>/<projector>-<M>-s<seed>`` on one shared, once-prepared corpus and one frozen
-eval set; the tables (mean ± 95 % interval over seeds, and a verdict per paper claim from the DeCo-minus-compressive
-deltas paired by seed) and the convergence plot are built from those measured runs only and written as
-``reproduce.json`` / ``reproduce.md`` / ``convergence.png``, and logged to MLflow (experiment ``deco-reproduce``)."""
+the paper's projector comparison in miniature. Every (projector, M, seed) of the grid runs the workflow
+(pretrain -> finetune -> evaluate -> analyze) under ``<out>/<projector>-<M>-s<seed>`` on one shared, once-prepared
+corpus and one frozen eval set; every run trains on one Ray Train worker group (the grid holds one training
+session open, so no run pays the worker start and imports again). The tables (mean ± 95 % interval over seeds,
+and a verdict per paper claim from the DeCo-minus-compressive deltas paired by seed) and the convergence plot are
+built from those measured runs only and written as ``reproduce.json`` / ``reproduce.md`` / ``convergence.png``,
+and logged to MLflow (experiment ``deco-reproduce``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from deco_core.tracking import resolve_tracking_uri
 log = logging.getLogger(__name__)
 _console = Console(markup=False, highlight=False)  # CLI output of `python -m ...`
 EXPERIMENT = "deco-reproduce"
+SESSION = "reproduce-training"  # the grid's one training session (every run trains on its worker group)
 SMOKE_CONFIG = CONF_DIR / "reproduce" / "smoke.yaml"
 FULL_CONFIG = CONF_DIR / "reproduce" / "full.yaml"
 
@@ -109,13 +111,16 @@ def grid(rc: ReproduceConfig) -> list[RunSpec]:
     return runs
 
 
-def common_overrides(rc: ReproduceConfig, root: Path, tracking_uri: str) -> list[str]:
-    """Overrides shared by the data preparation and every run (same data config -> same corpus)."""
+def common_overrides(rc: ReproduceConfig, out: Path, root: Path, tracking_uri: str) -> list[str]:
+    """Overrides shared by the data preparation and every run (same data config -> same corpus). Every run of
+    the grid under ``out`` names one training session and one checkpoint store, so that the grid trains on one
+    Ray Train worker group (``hold_sessions`` in ``run_reproduce``)."""
     return [f"pipeline.root={root}", f"tracking.experiment={EXPERIMENT}", f"tracking.tracking_uri={tracking_uri}",
             f"data.caption_samples={rc.caption_samples}", f"data.instruct_samples={rc.instruct_samples}",
             f"data.format_samples={rc.format_samples}",
             f"data.eval_samples={rc.eval_samples}", f"model.tokenizer.max_length={rc.max_length}",
-            "tracking.system_metrics=false", *rc.overrides]
+            "tracking.system_metrics=false", f"pipeline.train_session={SESSION}",
+            f"pipeline.train_storage={out / 'ray'}", *rc.overrides]
 
 
 def prepare_shared(rc: ReproduceConfig, out: Path, tracking_uri: str) -> SharedData:
@@ -127,7 +132,7 @@ def prepare_shared(rc: ReproduceConfig, out: Path, tracking_uri: str) -> SharedD
     from deco_core.train.sources import train_sources
     from pipelines.workflow.runner import Workflow
 
-    cfg = compose(rc.base, [*common_overrides(rc, out / "shared", tracking_uri), "pipeline.name=reproduce-data",
+    cfg = compose(rc.base, [*common_overrides(rc, out, out / "shared", tracking_uri), "pipeline.name=reproduce-data",
                             "pipeline.stages=[prepare_data]"])
     outputs = Workflow(cfg).run()[0].outputs
     samples = {k: int(v) for k, v in outputs.items() if k.endswith("_samples")}
@@ -139,7 +144,7 @@ def run_config(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path
     """The full pipeline config of one grid cell: projector/M/seed and the shared data and eval set."""
     stages = ["prepare_data", "pretrain", "finetune", "evaluate", "analyze"]
     overrides = [
-        *common_overrides(rc, out / spec.name, tracking_uri), f"model.projector={spec.projector}",
+        *common_overrides(rc, out, out / spec.name, tracking_uri), f"model.projector={spec.projector}",
         f"pipeline.name={spec.name}", f"pipeline.stages=[{','.join(stages)}]", f"model.seed={spec.seed}",
         f"analysis.num_samples={rc.analysis_samples}",
     ]
@@ -172,11 +177,27 @@ def run_one(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path, t
                        tokenizer)
 
 
+def _run_grid(rc: ReproduceConfig, cells: list[RunSpec], shared: SharedData, out: Path, tracking_uri: str,
+              tokenizer, runs: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
+    """Run every cell in turn, appending its measurements to ``runs`` (or its error to ``failed``)."""
+    started = time.time()
+    for i, spec in enumerate(cells, 1):
+        try:
+            runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
+        except Exception as exc:  # one failing projector must not hide the others' measurements
+            log.exception("reproduce: run %s failed", spec.name)
+            failed.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        elapsed = time.time() - started
+        log.info("reproduce: %d/%d runs done (%d failed), %.1f min elapsed, about %.1f min left", i, len(cells),
+                 len(failed), elapsed / 60, elapsed / i * (len(cells) - i) / 60)
+
+
 def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
     """Run the grid, then write reproduce.json / reproduce.md / convergence.png and log them to MLflow."""
     import ray
 
     from deco_core.model.tokenizer import load_tokenizer
+    from deco_core.train.session import hold_sessions
     from pipelines.experiments.reproduce.report import summarise, write_outputs
     from pipelines.ops.runtime import ensure_ray
 
@@ -189,20 +210,12 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
     runs, failed = [], []
     try:
         shared = prepare_shared(rc, out, tracking_uri)
-        base = compose(rc.base, common_overrides(rc, out, tracking_uri))
+        base = compose(rc.base, common_overrides(rc, out, out, tracking_uri))
         ensure_ray(base)  # before the grid, so that no run's wall time pays for starting Ray
         tokenizer = load_tokenizer(base.model.tokenizer, base.model.trust_remote_code, base.model.seed)
         cells = grid(rc)
-        grid_started = time.time()
-        for i, spec in enumerate(cells, 1):
-            try:
-                runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
-            except Exception as exc:  # one failing projector must not hide the others' measurements
-                log.exception("reproduce: run %s failed", spec.name)
-                failed.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"[:500]})
-            elapsed = time.time() - grid_started
-            log.info("reproduce: %d/%d runs done (%d failed), %.1f min elapsed, about %.1f min left", i, len(cells),
-                     len(failed), elapsed / 60, elapsed / i * (len(cells) - i) / 60)
+        with hold_sessions():
+            _run_grid(rc, cells, shared, out, tracking_uri, tokenizer, runs, failed)
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
