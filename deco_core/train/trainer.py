@@ -182,8 +182,7 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
         log_batch(client, run_id, metrics=data_metrics, step=int(metrics.get("step", 0)))
         client.set_terminated(run_id, "FINISHED")
     clock.mark("end")
-    marks = {**{k.removeprefix("phase/"): v for k, v in metrics.items() if k.startswith("phase/")}, **clock.marks}
-    phases = durations(marks, PHASES)
+    phases = durations(stage_marks(metrics, clock.marks), PHASES)
     log.info("stage %s phases: %s", stage, "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
     return StageResult(stage, loop_config.output_uri, run_id, int(metrics.get("step", total_steps)),
                        {k: v for k, v in metrics.items() if not k.startswith("phase/")},
@@ -269,6 +268,19 @@ def validation_dataset(uri: str, spec: PreprocessSpec, storage):
     if not rows:
         raise ValueError(f"validation split {uri}: none of its {len(records)} samples is usable ({dict(counts)})")
     return ray.data.from_items([{k: v for k, v in r.items() if k != "key"} for r in rows])
+
+
+def stage_marks(worker_metrics: dict[str, float], driver_marks: dict[str, float]) -> dict[str, float]:
+    """The stage's phase marks: the workers' (``phase/<mark>`` metrics) and the driver's. Workers that started
+    before the stage called ``fit()`` (a session opened by a warm start) were not this stage's time: their
+    process marks count from ``fit_start``, so the phases stay non-negative and sum to the stage's wall time."""
+    marks = {k.removeprefix("phase/"): v for k, v in worker_metrics.items() if k.startswith("phase/")}
+    marks.update(driver_marks)
+    if "fit_start" in marks:
+        for key in ("worker_process", "worker_start"):
+            if key in marks:
+                marks[key] = max(marks[key], marks["fit_start"])
+    return marks
 
 
 def abs_storage(uri: str) -> str:
