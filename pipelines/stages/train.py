@@ -65,16 +65,6 @@ def warm(cfg: Config, stage: str) -> None:
         session_for(session, WorkerPlan.of(cfg, getattr(cfg, stage), abs_storage(ray_storage(cfg))))
 
 
-def warm_pretrain(cfg: Config) -> None:
-    """The pretrain stage's warm start."""
-    warm(cfg, "pretrain")
-
-
-def warm_finetune(cfg: Config) -> None:
-    """The finetune stage's warm start."""
-    warm(cfg, "finetune")
-
-
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     """The pretrain stage."""
     return train(ctx, "pretrain")

@@ -5,6 +5,8 @@ The only module that imports pipelines.stages; the runner, the job entry and the
 
 from __future__ import annotations
 
+from functools import partial
+
 from pipelines.stages import analyze, evaluate, prepare_data, register, train
 from pipelines.workflow.context import StageSpec
 
@@ -17,9 +19,9 @@ def stage_table() -> dict[str, StageSpec]:
     return {
         "prepare_data": StageSpec(prepare_data.run, (), ("data",), "ShapesWorld / converted shards + manifests"),
         "pretrain": StageSpec(train.run_pretrain, ("prepare_data",), ("model", "pretrain"), "alignment on captions",
-                              warm=train.warm_pretrain),
+                              warm=partial(train.warm, stage="pretrain")),
         "finetune": StageSpec(train.run_finetune, ("prepare_data", "pretrain"), ("finetune",), "instruction tuning",
-                              warm=train.warm_finetune),
+                              warm=partial(train.warm, stage="finetune")),
         "evaluate": StageSpec(evaluate.run, ("finetune",), ("eval",), "benchmarks on a frozen eval set"),
         "analyze": StageSpec(analyze.run, ("finetune",), ("analysis",), "R-GAE relevance + locality"),
         "register": StageSpec(register.run, ("finetune", "evaluate"), ("tracking.registered_model",),

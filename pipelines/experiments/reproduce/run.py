@@ -177,21 +177,6 @@ def run_one(rc: ReproduceConfig, spec: RunSpec, shared: SharedData, out: Path, t
                        tokenizer)
 
 
-def _run_grid(rc: ReproduceConfig, cells: list[RunSpec], shared: SharedData, out: Path, tracking_uri: str,
-              tokenizer, runs: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
-    """Run every cell in turn, appending its measurements to ``runs`` (or its error to ``failed``)."""
-    started = time.time()
-    for i, spec in enumerate(cells, 1):
-        try:
-            runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
-        except Exception as exc:  # one failing projector must not hide the others' measurements
-            log.exception("reproduce: run %s failed", spec.name)
-            failed.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"[:500]})
-        elapsed = time.time() - started
-        log.info("reproduce: %d/%d runs done (%d failed), %.1f min elapsed, about %.1f min left", i, len(cells),
-                 len(failed), elapsed / 60, elapsed / i * (len(cells) - i) / 60)
-
-
 def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
     """Run the grid, then write reproduce.json / reproduce.md / convergence.png and log them to MLflow."""
     import ray
@@ -214,8 +199,17 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
         ensure_ray(base)  # before the grid, so that no run's wall time pays for starting Ray
         tokenizer = load_tokenizer(base.model.tokenizer, base.model.trust_remote_code, base.model.seed)
         cells = grid(rc)
-        with hold_sessions():
-            _run_grid(rc, cells, shared, out, tracking_uri, tokenizer, runs, failed)
+        grid_started = time.time()
+        with hold_sessions():  # every run trains on the worker group the first one starts
+            for i, spec in enumerate(cells, 1):
+                try:
+                    runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
+                except Exception as exc:  # one failing projector must not hide the others' measurements
+                    log.exception("reproduce: run %s failed", spec.name)
+                    failed.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                elapsed = time.time() - grid_started
+                log.info("reproduce: %d/%d runs done (%d failed), %.1f min elapsed, about %.1f min left", i,
+                         len(cells), len(failed), elapsed / 60, elapsed / i * (len(cells) - i) / 60)
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
