@@ -16,7 +16,8 @@ to answer yes/no for a scene of 1–4 objects and one query, in three writings:
 Half the queries are present. Accuracy is greedy on a fresh held-out batch; a plateau shows as
 accuracy stuck near 0.5–0.75 (the heuristic "is one attribute present").
 
-Run: ``python -m pipelines.experiments.binding --steps 3000`` → ``runs/binding/binding.json``.
+Run: ``python -m pipelines.experiments.binding --steps 3000`` → ``runs/binding/binding.json`` + an MLflow run in
+experiment ``deco-binding`` (the final accuracy and the steps to 0.95 per variant, the JSON as an artifact).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 VARIANTS = ("single", "bound", "text")
+EXPERIMENT = "deco-binding"
 N_COLOURS, N_SHAPES, N_SINGLE, MAX_OBJECTS = 8, 4, 40, 4
 PAD, BOS, SEP, QUERY, YES, NO = 0, 1, 2, 3, 4, 5
 COLOUR0 = 6  # colour tokens 6..13, shape tokens 14..17, bound / single tokens from 18
@@ -148,14 +150,29 @@ def first_step_at(curve: list[dict[str, float]], level: float) -> int | None:
     return next((int(p["step"]) for p in curve if p["accuracy"] >= level), None)
 
 
-def run(variants: tuple[str, ...], steps: int, out: Path, **kwargs: Any) -> dict[str, Any]:
+def run(variants: tuple[str, ...], steps: int, out: Path, tracking_uri: str | bool | None = None,
+        **kwargs: Any) -> dict[str, Any]:
+    """Train every variant, write ``out/binding.json`` and log it as an MLflow run in experiment ``deco-binding``
+    (``tracking_uri``: None = the tiny config's store under ``out``, False = no MLflow run)."""
     curves = {v: train_variant(v, steps, **kwargs) for v in variants}
     result = {"steps": steps, **kwargs, "variants": {
         v: {"final_accuracy": c[-1]["accuracy"], "steps_to_0.95": first_step_at(c, 0.95), "curve": c}
         for v, c in curves.items()}}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "binding.json").write_text(json.dumps(result, indent=2))
-    log.info("wrote %s", out / "binding.json")
+    path = out / "binding.json"
+    path.write_text(json.dumps(result, indent=2))
+    log.info("wrote %s", path)
+    if tracking_uri is not False:
+        from deco_core.config import compose
+        from deco_core.tracking import resolve_tracking_uri
+        from pipelines.experiments.bench.report import log_summary_run
+
+        uri = tracking_uri or resolve_tracking_uri(compose("pipeline/tiny").tracking, out)
+        metrics = {f"{v}.{k}": r[k] for v, r in result["variants"].items() for k in ("final_accuracy", "steps_to_0.95")
+                   if r[k] is not None}
+        result["mlflow_run_id"] = log_summary_run(uri, EXPERIMENT, out, f"binding-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                  {"steps": steps, "variants": ",".join(variants), **kwargs}, metrics,
+                                                  [path])
     return result
 
 

@@ -3,6 +3,8 @@ attribute with a scene object, queries are balanced; training returns a curve.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,16 @@ def test_single_attribute_queries_answer_membership_of_that_attribute():
         assert present == (ask[0] in scene)  # colour and shape tokens are disjoint ranges
         assert row[-1] == (b.YES if present else b.NO)
     assert 0.4 < batch.present.mean() < 0.8
+
+
+def test_run_writes_the_json_and_an_mlflow_run(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = b.run(("single",), 2, tmp_path / "out", tracking_uri=uri, batch_size=4, eval_every=1)
+    saved = json.loads((tmp_path / "out" / "binding.json").read_text())
+    assert saved["variants"]["single"]["curve"] == result["variants"]["single"]["curve"]
+    run = MlflowClient(uri).get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["single.final_accuracy"] == result["variants"]["single"]["final_accuracy"]
+    assert run.data.params["variants"] == "single"
