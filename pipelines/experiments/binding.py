@@ -13,8 +13,8 @@ to answer yes/no for a scene of 1–4 objects and one query, in three writings:
 | text     | colour, shape, separator tokens   | colour, shape tokens | share one attribute with an object   |
 
 ``bound`` is what a visual token can carry (one patch holds both attributes); ``text`` is the scene written out.
-Half the queries are present. Accuracy is greedy on a fresh held-out batch; a plateau shows as
-accuracy stuck near 0.5–0.75 (the heuristic "is one attribute present").
+About half the queries are present (a changed attribute can land on another object's). Accuracy is greedy on
+a fresh held-out batch; a plateau shows as accuracy stuck near 0.5–0.75 (the heuristic "is one attribute present").
 
 Run: ``python -m pipelines.experiments.binding --steps 3000`` → ``runs/binding/binding.json`` + an MLflow run in
 experiment ``deco-binding`` (the final accuracy and the steps to 0.95 per variant, the JSON as an artifact).
@@ -150,10 +150,10 @@ def first_step_at(curve: list[dict[str, float]], level: float) -> int | None:
     return next((int(p["step"]) for p in curve if p["accuracy"] >= level), None)
 
 
-def run(variants: tuple[str, ...], steps: int, out: Path, tracking_uri: str | bool | None = None,
+def run(variants: tuple[str, ...], steps: int, out: Path, tracking_uri: str | None = None, track: bool = True,
         **kwargs: Any) -> dict[str, Any]:
-    """Train every variant, write ``out/binding.json`` and log it as an MLflow run in experiment ``deco-binding``
-    (``tracking_uri``: None = the tiny config's store under ``out``, False = no MLflow run)."""
+    """Train every variant, write ``out/binding.json`` and (``track``) log it as an MLflow run in experiment
+    ``deco-binding`` at ``tracking_uri`` (default: the tiny config's store under ``out``)."""
     curves = {v: train_variant(v, steps, **kwargs) for v in variants}
     result = {"steps": steps, **kwargs, "variants": {
         v: {"final_accuracy": c[-1]["accuracy"], "steps_to_0.95": first_step_at(c, 0.95), "curve": c}
@@ -162,7 +162,7 @@ def run(variants: tuple[str, ...], steps: int, out: Path, tracking_uri: str | bo
     path = out / "binding.json"
     path.write_text(json.dumps(result, indent=2))
     log.info("wrote %s", path)
-    if tracking_uri is not False:
+    if track:
         from deco_core.config import compose
         from deco_core.tracking import resolve_tracking_uri
         from pipelines.experiments.bench.report import log_summary_run
