@@ -96,16 +96,14 @@ def make_batch(variant: str, size: int, rng: np.random.Generator, single_share: 
 
 def build_llm(layers: int | None = None):
     """The tiny Llama's sizes from conf/model/tiny.yaml with the probe's vocabulary (random init)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from deco_core.config import compose
+    from deco_core.model.llm import tiny_llama_config
 
-    llm = compose("pipeline/tiny").model.llm
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=VOCAB, hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size,
-        num_hidden_layers=layers or llm.num_layers, num_attention_heads=llm.num_heads,
-        num_key_value_heads=llm.num_kv_heads, max_position_embeddings=64, pad_token_id=PAD,
-    ))
+    config = tiny_llama_config(compose("pipeline/tiny").model.llm, VOCAB, PAD, BOS, PAD)  # no EOS: never generates
+    config.num_hidden_layers = layers or config.num_hidden_layers
+    return LlamaForCausalLM(config)
 
 
 def accuracy(model, batch: Batch) -> float:
