@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install install-lmms run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
+.PHONY: install install-lmms foundation run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,9 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check deco_core pipelines tests
+
+foundation: $(STAMP)  ## rebuild the tiny foundation LLM (artifacts/foundation/tiny/llm; ~55 min on 2 cores)
+	$(PY) -m pipelines.foundation --config conf/foundation/tiny.yaml
 
 bench: $(STAMP)
 	$(PY) -m pipelines.experiments.bench

@@ -153,9 +153,40 @@ def compose(
         for key, value in plain_overrides:
             OmegaConf.update(merged, key, value, merge=True)
         fill_deepspeed_config(merged, roots)
+        resolve_model_paths(merged, [root.parent for root in roots])
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, path)) from None
     return _typed(merged, path)
+
+
+def load_structured(path: str | Path, schema: type, what: str) -> Any:
+    """A standalone YAML file (not a composed pipeline config) typed onto the dataclass ``schema``: a missing file,
+    unknown keys and bad types raise ConfigError naming the file (``what`` names the kind of file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} config not found: {path}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+MODEL_PATH_KEYS = ("model.llm.path", "model.tokenizer.path", "model.vision.path")
+
+
+def resolve_model_paths(merged: DictConfig, projects: list[Path]) -> None:
+    """A relative model path that exists under a project root (the parent of a conf tree: the checkout, or
+    ``deco_core/`` of an installed package, which ships ``artifacts/`` beside ``conf/``) becomes absolute, e.g. the
+    committed ``artifacts/foundation/tiny/llm``, so Ray workers, whose working folder differs, load the same files;
+    hub names and absolute or remote paths are left as given."""
+    for key in MODEL_PATH_KEYS:
+        value = OmegaConf.select(merged, key)
+        if not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
+            continue
+        for project in projects:
+            if (project / value).exists():
+                OmegaConf.update(merged, key, str((project / value).resolve()), merge=False)
+                break
 
 
 def _typed(merged: DictConfig, path: Path) -> Config:

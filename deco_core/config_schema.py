@@ -116,6 +116,7 @@ class TrainConfig:
     train_projector: bool = STAGE_TRAINABLE["pretrain"][1]
     train_llm: bool = STAGE_TRAINABLE["pretrain"][2]
     lr: float = ranged(1e-3, gt=0)
+    projector_lr: float | None = ranged(None, gt=0, note="the projector's own lr (LLaVA's mm_projector_lr); null = lr")
     weight_decay: float = ranged(0.0, ge=0)
     warmup_ratio: float = ranged(0.03, ge=0, lt=1)
     schedule: str = chosen("cosine", ("cosine", "linear", "constant"))

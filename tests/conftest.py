@@ -17,10 +17,11 @@ pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.mlflow_server", "tests.fi
 
 @pytest.fixture(scope="session")
 def shapes_tokenizer():
-    """The offline ShapesWorld tokenizer (built once per session)."""
-    from deco_core.model.tokenizer import build_shapes_tokenizer
+    """The tiny pipeline's ShapesWorld tokenizer: the foundation LLM's own (the ids its weights were trained with)."""
+    from deco_core.config import compose
+    from deco_core.model.tokenizer import load_tokenizer
 
-    return build_shapes_tokenizer(seed=0, n_samples=300)
+    return load_tokenizer(compose("pipeline/tiny").model.tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -79,12 +79,13 @@ def decode_question(record: dict[str, Any], task: Task, transform: ImageTransfor
         return Question(key, shard, key, "", {}, None, error=reason)
 
 
-def encode_prompts(model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """User turns -> LEFT-padded input_ids [B, T] and attention_mask [B, T] (0 on pads), vicuna_v1 template."""
+def encode_prompts(model, prompts: list[str], has_image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """User turns -> LEFT-padded input_ids [B, T] and attention_mask [B, T] (0 on pads), vicuna_v1 template;
+    ``has_image=False`` for text-only turns (no ``<image>`` in them)."""
     tok = model.tokenizer
     max_length = int(getattr(model.llm.config, "max_position_embeddings", 4096))
     seqs = [tokenize_segments([Segment(prompt_text(p, model.cfg.chat_template), learn=False)], tok, model.image_token_id,
-                              model.num_image_tokens, max_length, has_image=True).input_ids for p in prompts]
+                              model.num_image_tokens, max_length, has_image=has_image).input_ids for p in prompts]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)  # [B, T]
     mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]

@@ -3,7 +3,9 @@ checkpoint (e.g. Vicuna-7B layout) loaded from a local path."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+FOUNDATION_MANIFEST = "foundation.json"  # written beside the weights by pipelines.foundation
 
 
 def tiny_llama_config(cfg: LLMConfig, vocab_size: int, pad_token_id: int, bos_token_id: int,
@@ -36,6 +39,7 @@ def tiny_llama_config(cfg: LLMConfig, vocab_size: int, pad_token_id: int, bos_to
 def build_llm(cfg: LLMConfig, tokenizer, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load ``cfg.path`` with AutoModelForCausalLM or build a tiny Llama sized to the tokenizer."""
     if cfg.path:
+        check_foundation(cfg, tokenizer)
         log.info("loading LLM from %s (trust_remote_code=%s)", cfg.path, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             cfg.path, trust_remote_code=trust_remote_code, attn_implementation=cfg.attn_implementation
@@ -50,6 +54,32 @@ def build_llm(cfg: LLMConfig, tokenizer, trust_remote_code: bool = False) -> Pre
                  model.get_input_embeddings().num_embeddings, len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+SIZE_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+             "max_position_embeddings")
+
+
+def check_foundation(cfg: LLMConfig, tokenizer) -> None:
+    """A foundation build (``foundation.json`` beside the weights at ``cfg.path``) was trained with one vocabulary
+    and one set of sizes: refuse it, naming what differs and the command that rebuilds it, when the tokenizer in
+    use has another vocabulary or the config asks for other sizes (they would be silently ignored)."""
+    from deco_core.model.tokenizer import vocab_digest
+
+    manifest = Path(str(cfg.path)) / FOUNDATION_MANIFEST
+    if not manifest.is_file():
+        return
+    built = json.loads(manifest.read_text())
+    current = vocab_digest(tokenizer)
+    if built.get("vocab_digest") != current:
+        raise ValueError(f"{cfg.path}: this LLM was built with vocabulary {built.get('vocab_digest')}, the tokenizer "
+                         f"in use has {current} (the ShapesWorld vocabulary changed); rebuild it with `make foundation`")
+    sizes = built.get("llm", {})
+    differ = [f"model.llm.{k}={getattr(cfg, k)} (built: {sizes[k]})" for k in SIZE_KEYS
+              if k in sizes and sizes[k] != getattr(cfg, k)]
+    if differ:
+        raise ValueError(f"{cfg.path}: the config asks for {', '.join(differ)}; rebuild with `make foundation` "
+                         "after changing conf/model, or set model.llm.path=null for a random LLM of these sizes")
 
 
 def llm_from_hf_config(config: PretrainedConfig | dict, attn_implementation: str = "sdpa",

@@ -4,6 +4,8 @@ templates need, saved as a transformers fast tokenizer; or any real tokenizer lo
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -109,6 +111,12 @@ def ensure_special_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     return tok
+
+
+def vocab_digest(tok: PreTrainedTokenizerBase) -> str:
+    """A short digest of the token -> id table: weights trained with one vocabulary are meaningless with another."""
+    table = json.dumps(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
+    return hashlib.sha256(table.encode()).hexdigest()[:16]
 
 
 def image_token_id(tok: PreTrainedTokenizerBase) -> int:

@@ -74,7 +74,7 @@ def build_engine(model: torch.nn.Module, t: TrainConfig, world_size: int, use_gp
 
     disable_jit_comm_op()
     ds = build_ds_config(t, world_size, use_gpu)
-    groups = param_groups(model, t.weight_decay)
+    groups = param_groups(model, t.weight_decay, {"projector": t.projector_lr} if t.projector_lr else None)
     if not groups:
         raise ValueError(f"stage {t.stage}: no trainable parameters (check train_vision/projector/llm)")
     def make_scheduler(optimizer):  # DeepSpeed calls this with its basic (unwrapped) optimizer

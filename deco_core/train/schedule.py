@@ -28,13 +28,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
         optimizer, lambda s: lr_lambda(s, total_steps, warmup, schedule, min_ratio))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decay / no-decay groups (biases, norms, embeddings, queries: no decay)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, module_lr: dict[str, float] | None = None) -> list[dict]:
+    """Trainable parameters split into decay / no-decay groups (biases, norms, embeddings, queries: no decay), and
+    further by top-level module when ``module_lr`` gives one its own lr (``{"projector": 1e-3}``: LLaVA's
+    ``mm_projector_lr``); a group without ``lr`` takes the optimizer's."""
+    module_lr = module_lr or {}
+    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_no_decay = p.ndim < 2 or any(m in name.lower() for m in NO_DECAY_MARKERS)
-        (no_decay if is_no_decay else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        top = name.split(".", 1)[0]
+        buckets.setdefault((top if top in module_lr else None, is_no_decay), []).append(p)
+    groups = []
+    for (module, no_decay), params in sorted(buckets.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        group: dict = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if module is not None:
+            group["lr"] = module_lr[module]
+        groups.append(group)
+    return groups

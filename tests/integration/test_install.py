@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "deco_core", "pipelines", "conf")
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "deco_core", "pipelines", "conf", "artifacts")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,23 @@ def test_installed_package_composes_builtin_configs_from_any_directory(installed
     assert f"conf {installed / 'deco_core' / 'conf'}" in out
     assert "pipeline/llava7b deco zero2 zero3" in out
     assert "pipeline/tiny deco" in out and "conf/pipeline/tiny.yaml deco" in out
+
+
+def test_installed_package_loads_the_foundation_llm_it_ships(installed, tmp_path):
+    """pipeline/tiny names artifacts/foundation/tiny/llm relative to the project: installed, that is the copy
+    inside the package, whatever the working folder."""
+    out = run_outside(installed, tmp_path, """
+        from deco_core.config import compose
+        from deco_core.model.deco import DecoModel
+        cfg = compose("pipeline/tiny")
+        print("llm", cfg.model.llm.path)
+        print("tokenizer", cfg.model.tokenizer.path)
+        model = DecoModel.from_config(cfg.model)
+        print("params", sum(p.numel() for p in model.llm.parameters()))
+    """)
+    shipped = installed / "deco_core" / "artifacts" / "foundation" / "tiny" / "llm"
+    assert f"llm {shipped}" in out and f"tokenizer {shipped}" in out
+    assert "params " in out
 
 
 def test_user_config_path_resolves_its_own_groups_then_the_builtin_ones(installed, tmp_path):

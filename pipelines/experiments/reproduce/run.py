@@ -16,11 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from deco_core.config import CONF_DIR, Config, ConfigError, SourceConfig, TrackingConfig, compose, validate
+from deco_core.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    SourceConfig,
+    TrackingConfig,
+    compose,
+    load_structured,
+    validate,
+)
 from deco_core.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -84,14 +91,7 @@ class SharedData:
 
 def load_reproduce_config(path: str | Path) -> ReproduceConfig:
     """YAML -> validated ReproduceConfig; unknown keys, bad types and unknown projectors raise ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"reproduce config not found: {path}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ReproduceConfig), OmegaConf.load(path))
-        rc: ReproduceConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    rc: ReproduceConfig = load_structured(path, ReproduceConfig, "reproduce")
     valid = sorted(p.stem for p in (CONF_DIR / "projector").glob("*.yaml"))
     for name in [*rc.projectors, *([rc.reference] if rc.reference else [])]:
         if name not in valid:
