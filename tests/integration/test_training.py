@@ -43,7 +43,7 @@ def test_zero2_pretrain_learns_keeps_frozen_weights_and_exports(ray_local, tiny_
     """ZeRO-2, 20 steps: loss decreases, frozen modules are bit-identical, the export reproduces val loss, and
     the worker logged system/* metrics into the run."""
     cfg = _cfg(tmp_path, "pretrain.max_steps=20", "pretrain.checkpoint_every=10", "pretrain.deepspeed=zero2",
-               "pretrain.train_llm=false")  # the paper's stage-1 policy: projector only
+               "pretrain.train_llm=false", "pretrain.train_vision=false")  # the paper's stage-1 policy: projector only
     out = tmp_path / "pretrain-model"
     res = run_stage(cfg, "pretrain", sources=[(tiny_corpus.pretrain, 1.0)], val_uri=tiny_corpus.val_pretrain,
                     output_uri=str(out), run_name="z2-pretrain", storage_path=str(tmp_path / "ray"))
@@ -72,7 +72,8 @@ def test_zero2_pretrain_learns_keeps_frozen_weights_and_exports(ray_local, tiny_
 
 def test_zero3_pretrain_learns(ray_local, tiny_corpus, tmp_path):
     """ZeRO-3, 20 steps with projector and LLM training: the loss decreases and the export loads."""
-    cfg = _cfg(tmp_path, "pretrain.max_steps=20", "pretrain.checkpoint_every=20", "pretrain.deepspeed=zero3")
+    cfg = _cfg(tmp_path, "pretrain.max_steps=20", "pretrain.checkpoint_every=20", "pretrain.deepspeed=zero3",
+               "pretrain.train_llm=true")
     out = tmp_path / "z3-model"
     res = run_stage(cfg, "pretrain", sources=[(tiny_corpus.pretrain, 1.0)], output_uri=str(out),
                     run_name="z3-pretrain", storage_path=str(tmp_path / "ray"))
