@@ -131,7 +131,11 @@ def manifest_of(fc: FoundationConfig, cfg: Config, result: Any, scores: dict[str
 
 
 def publish(llm: Any, tokenizer: Any, manifest: dict[str, Any], out: Path) -> Path:
-    """Write ``<out>/llm`` in a temporary folder beside it, then swap it in (never a half-written export)."""
+    """Write ``<out>/llm`` in a temporary folder beside it, then swap it in.
+
+    Never a half-written export and never a moment without one: the old build is renamed aside, the new one renamed
+    in, and the old one restored if that rename fails.
+    """
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".llm-", dir=out))
     try:
@@ -141,9 +145,16 @@ def publish(llm: Any, tokenizer: Any, manifest: dict[str, Any], out: Path) -> Pa
         for path in [staging, *staging.iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp's 0700 would hide the build from other users
         final = out / "llm"
+        retired = out / f".llm-old-{staging.name}"
         if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+            final.rename(retired)  # the old build stays whole until the new one is in place
+        try:
+            staging.rename(final)
+        except BaseException:
+            if retired.exists() and not final.exists():
+                retired.rename(final)
+            raise
+        shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

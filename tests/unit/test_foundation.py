@@ -84,6 +84,26 @@ def test_publish_swaps_in_a_complete_export_and_never_a_partial_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["llm"]  # no staging folder left behind
 
 
+def test_publish_replaces_an_old_build_and_restores_it_when_the_swap_fails(tmp_path, monkeypatch):
+    publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 1}, tmp_path)
+    final = publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 2}, tmp_path)
+    assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["llm"]  # the retired build is gone
+    real_rename = Path.rename
+
+    def rename(self, target):  # the staged build cannot be moved in (e.g. the folder went read-only)
+        staged = Path(self).name.startswith(".llm-") and not Path(self).name.startswith(".llm-old-")
+        if staged and Path(target).name == "llm":
+            raise PermissionError("read-only")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(PermissionError, match="read-only"):
+        publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 3}, tmp_path)
+    assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 2}  # put back, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["llm"]
+
+
 def test_a_build_from_another_vocabulary_or_size_is_refused_with_the_rebuild_command(tmp_path, shapes_tokenizer,
                                                                                      tiny_cfg):
     llm = replace(tiny_cfg.model.llm, path=str(tmp_path))
