@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install install-lmms foundation run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
+.PHONY: install install-lmms foundation foundation-vision run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,9 @@ lint: $(STAMP)
 
 foundation: $(STAMP)  ## rebuild the tiny foundation LLM (artifacts/foundation/tiny/llm; ~55 min on 2 cores)
 	$(PY) -m pipelines.foundation --config conf/foundation/tiny.yaml
+
+foundation-vision: $(STAMP)  ## rebuild the tiny foundation vision tower (artifacts/foundation/tiny/vision; needs the LLM)
+	$(PY) -m pipelines.foundation_vision --config conf/foundation/vision_tiny.yaml
 
 bench: $(STAMP)
 	$(PY) -m pipelines.experiments.bench

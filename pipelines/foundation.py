@@ -31,11 +31,12 @@ from typing import Any
 
 from deco_core.config import CONF_DIR, Config, ConfigError, compose, load_structured, to_dict
 from deco_core.data.storage import join_uri
+from deco_core.model.builds import FOUNDATION_MANIFEST
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "foundation" / "tiny.yaml"
 EXPERIMENT = "deco-foundation"
-MANIFEST = "foundation.json"
+MANIFEST = FOUNDATION_MANIFEST
 
 
 @dataclass
@@ -130,22 +131,23 @@ def manifest_of(fc: FoundationConfig, cfg: Config, result: Any, scores: dict[str
     }
 
 
-def publish(llm: Any, tokenizer: Any, manifest: dict[str, Any], out: Path) -> Path:
-    """Write ``<out>/llm`` in a temporary folder beside it, then swap it in.
+def publish(parts: list[Any], manifest: dict[str, Any], out: Path, name: str = "llm") -> Path:
+    """Write ``<out>/<name>`` (each part's ``save_pretrained`` + the manifest) in a temporary folder beside it, then
+    swap it in.
 
     Never a half-written export and never a moment without one: the old build is renamed aside, the new one renamed
     in, and the old one restored if that rename fails.
     """
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".llm-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
     try:
-        llm.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        for part in parts:
+            part.save_pretrained(staging)  # safetensors: transformers' default
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in [staging, *staging.iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp's 0700 would hide the build from other users
-        final = out / "llm"
-        retired = out / f".llm-old-{staging.name}"
+        final = out / name
+        retired = out / f".{name}-old-{staging.name}"
         if final.exists():
             final.rename(retired)  # the old build stays whole until the new one is in place
         try:
@@ -181,7 +183,7 @@ def build(fc: FoundationConfig, steps: int | None = None, out: Path | None = Non
     scores = score_scene_text(model, fc.eval_samples, cfg.data.shapes.seed, cfg.data.shapes)
     manifest = manifest_of(fc, cfg, result, scores, model.tokenizer)
     manifest["total_wall_s"] = round(time.perf_counter() - started, 1)
-    final = publish(model.llm, model.tokenizer, manifest, out or Path(fc.out))
+    final = publish([model.llm, model.tokenizer], manifest, out or Path(fc.out))
     if result.run_id:
         from mlflow import MlflowClient
 

@@ -3,19 +3,18 @@ checkpoint (e.g. Vicuna-7B layout) loaded from a local path."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
+
+from deco_core.model.builds import check_sizes, read_build
 
 if TYPE_CHECKING:
     from deco_core.config import LLMConfig
 
 
 log = logging.getLogger(__name__)
-FOUNDATION_MANIFEST = "foundation.json"  # written beside the weights by pipelines.foundation
 
 
 def tiny_llama_config(cfg: LLMConfig, vocab_size: int, pad_token_id: int, bos_token_id: int,
@@ -66,20 +65,14 @@ def check_foundation(cfg: LLMConfig, tokenizer) -> None:
     use has another vocabulary or the config asks for other sizes (they would be silently ignored)."""
     from deco_core.model.tokenizer import vocab_digest
 
-    manifest = Path(str(cfg.path)) / FOUNDATION_MANIFEST
-    if not manifest.is_file():
+    built = read_build(cfg.path)
+    if built is None:
         return
-    built = json.loads(manifest.read_text())
     current = vocab_digest(tokenizer)
     if built.get("vocab_digest") != current:
         raise ValueError(f"{cfg.path}: this LLM was built with vocabulary {built.get('vocab_digest')}, the tokenizer "
                          f"in use has {current} (the ShapesWorld vocabulary changed); rebuild it with `make foundation`")
-    sizes = built.get("llm", {})
-    differ = [f"model.llm.{k}={getattr(cfg, k)} (built: {sizes[k]})" for k in SIZE_KEYS
-              if k in sizes and sizes[k] != getattr(cfg, k)]
-    if differ:
-        raise ValueError(f"{cfg.path}: the config asks for {', '.join(differ)}; rebuild with `make foundation` "
-                         "after changing conf/model, or set model.llm.path=null for a random LLM of these sizes")
+    check_sizes(cfg, "llm", SIZE_KEYS, built, "make foundation")
 
 
 def llm_from_hf_config(config: PretrainedConfig | dict, attn_implementation: str = "sdpa",

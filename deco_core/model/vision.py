@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from deco_core.model.builds import check_sizes, read_build
+
 if TYPE_CHECKING:
     from deco_core.config import VisionConfig
 
@@ -72,9 +74,15 @@ class VisionTower(nn.Module):
         return feats
 
 
+SIZE_KEYS = ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+
+
 def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     """Load a CLIP vision checkpoint from ``cfg.path`` or build a random tiny one from the config fields."""
     if cfg.path:
+        built = read_build(cfg.path)
+        if built is not None:  # a foundation build: the config must ask for the sizes it was trained with
+            check_sizes(cfg, "vision", SIZE_KEYS, built, "make foundation-vision")
         log.info("loading vision tower from %s", cfg.path)
         model = CLIPVisionModel.from_pretrained(cfg.path)
     else:

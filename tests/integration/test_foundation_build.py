@@ -1,5 +1,5 @@
 """The foundation build end to end on the real engine (text shards -> Ray Train + DeepSpeed -> scored export) and
-the pipeline loading its output through model.llm.path."""
+the pipeline loading its output through model.llm.path; the same for the vision tower (model.vision.path)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 from deco_core.config import compose
+from deco_core.model.builds import FOUNDATION_MANIFEST
 from deco_core.model.deco import DecoModel
-from deco_core.model.llm import FOUNDATION_MANIFEST
 from deco_core.tracking import resolve_tracking_uri
 from pipelines.foundation import EXPERIMENT, FoundationConfig, build, build_config
 
@@ -42,3 +42,28 @@ def test_build_trains_the_llm_alone_scores_it_and_the_pipeline_loads_it(ray_loca
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     assert "scene_text/shapes-pope/accuracy" in run.data.metrics
     assert any(a.path == FOUNDATION_MANIFEST for a in client.list_artifacts(run.info.run_id))
+
+
+def test_vision_build_trains_the_tower_through_the_pipeline_and_the_pipeline_loads_it_frozen(ray_local, tmp_path):
+    from pipelines.foundation_vision import VisionFoundationConfig
+    from pipelines.foundation_vision import build as build_vision
+
+    root = tmp_path / "root"
+    vc = VisionFoundationConfig(root=str(root), out=str(tmp_path / "out"), overrides=[
+        *VisionFoundationConfig().overrides, f"data.root={root / 'data'}", "data.caption_samples=64",
+        "data.instruct_samples=8", "data.format_samples=8", "data.eval_samples=4", "data.samples_per_shard=32",
+        "pretrain.log_every=1", "pretrain.checkpoint_every=2"])
+    manifest = build_vision(vc, steps=3)
+    tower_dir = tmp_path / "out" / "vision"
+    assert json.loads((tower_dir / FOUNDATION_MANIFEST).read_text()) == manifest
+    assert manifest["steps"] == 3 and manifest["projector"]["name"] == "mlp" and manifest["train"]["train_vision"]
+
+    state = json.loads((root / "workflow" / "state.json").read_text())
+    export = DecoModel.from_pretrained(state["stages"]["pretrain"]["outputs"]["model"])
+    cfg = compose("pipeline/tiny", [f"model.vision.path={tower_dir}"])
+    loaded = DecoModel.from_config(cfg.model)
+    for k, v in export.vision.model.state_dict().items():
+        assert torch.equal(loaded.vision.model.state_dict()[k], v), k
+
+    run = MlflowClient(resolve_tracking_uri(cfg.tracking, str(root))).get_run(manifest["mlflow_run"])
+    assert run.data.metrics  # the pretrain stage's losses

@@ -69,20 +69,22 @@ def test_installed_package_composes_builtin_configs_from_any_directory(installed
     assert "pipeline/tiny deco" in out and "conf/pipeline/tiny.yaml deco" in out
 
 
-def test_installed_package_loads_the_foundation_llm_it_ships(installed, tmp_path):
-    """pipeline/tiny names artifacts/foundation/tiny/llm relative to the project: installed, that is the copy
-    inside the package, whatever the working folder."""
+def test_installed_package_loads_the_foundation_builds_it_ships(installed, tmp_path):
+    """pipeline/tiny names artifacts/foundation/tiny/{llm,vision} relative to the project: installed, those are the
+    copies inside the package, whatever the working folder."""
     out = run_outside(installed, tmp_path, """
         from deco_core.config import compose
         from deco_core.model.deco import DecoModel
         cfg = compose("pipeline/tiny")
         print("llm", cfg.model.llm.path)
         print("tokenizer", cfg.model.tokenizer.path)
+        print("vision", cfg.model.vision.path)
         model = DecoModel.from_config(cfg.model)
         print("params", sum(p.numel() for p in model.llm.parameters()))
     """)
     shipped = installed / "deco_core" / "artifacts" / "foundation" / "tiny" / "llm"
     assert f"llm {shipped}" in out and f"tokenizer {shipped}" in out
+    assert f"vision {shipped.parent / 'vision'}" in out
     assert "params " in out
 
 

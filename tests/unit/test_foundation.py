@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from deco_core.config import ConfigError, compose
-from deco_core.model.llm import FOUNDATION_MANIFEST, check_foundation
+from deco_core.model.builds import FOUNDATION_MANIFEST
+from deco_core.model.llm import check_foundation
 from deco_core.model.tokenizer import vocab_digest
 from deco_core.train.schedule import param_groups
 from pipelines.foundation import (
@@ -75,18 +76,18 @@ class _Saves:
 
 
 def test_publish_swaps_in_a_complete_export_and_never_a_partial_one(tmp_path):
-    final = publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 1}, tmp_path)
+    final = publish([_Saves("model.safetensors"), _Saves("tokenizer.json")], {"steps": 1}, tmp_path)
     assert sorted(p.name for p in final.iterdir()) == [FOUNDATION_MANIFEST, "model.safetensors", "tokenizer.json"]
     assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 1}
     with pytest.raises(OSError, match="disk full"):
-        publish(_Saves("model.safetensors"), _Saves("tokenizer.json", fail=True), {"steps": 2}, tmp_path)
+        publish([_Saves("model.safetensors"), _Saves("tokenizer.json", fail=True)], {"steps": 2}, tmp_path)
     assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 1}  # the old build stands
     assert [p.name for p in tmp_path.iterdir()] == ["llm"]  # no staging folder left behind
 
 
 def test_publish_replaces_an_old_build_and_restores_it_when_the_swap_fails(tmp_path, monkeypatch):
-    publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 1}, tmp_path)
-    final = publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 2}, tmp_path)
+    publish([_Saves("model.safetensors"), _Saves("tokenizer.json")], {"steps": 1}, tmp_path)
+    final = publish([_Saves("model.safetensors"), _Saves("tokenizer.json")], {"steps": 2}, tmp_path)
     assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["llm"]  # the retired build is gone
     real_rename = Path.rename
@@ -99,7 +100,7 @@ def test_publish_replaces_an_old_build_and_restores_it_when_the_swap_fails(tmp_p
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(PermissionError, match="read-only"):
-        publish(_Saves("model.safetensors"), _Saves("tokenizer.json"), {"steps": 3}, tmp_path)
+        publish([_Saves("model.safetensors"), _Saves("tokenizer.json")], {"steps": 3}, tmp_path)
     assert json.loads((final / FOUNDATION_MANIFEST).read_text()) == {"steps": 2}  # put back, whole
     assert [p.name for p in tmp_path.iterdir()] == ["llm"]
 
