@@ -40,6 +40,7 @@ from deco_core.config_schema import (  # noqa: F401  (re-exported: the schema is
     VisionConfig,
 )
 from deco_core.data.conversation import TEMPLATES
+from deco_core.model.builds import read_build
 from deco_core.secrets import redact_secrets  # noqa: F401  (re-exported: deco_core.config.redact_secrets)
 
 
@@ -231,7 +232,8 @@ def validate(cfg: Config) -> None:
     v = cfg.model.vision
     _require(v.image_size % v.patch_size == 0, "model.vision.image_size", v.image_size,
              f"a multiple of patch_size={v.patch_size}")
-    _require(v.path is not None or -(v.num_layers + 1) <= v.select_layer <= v.num_layers, "model.vision.select_layer",
+    sized = v.path is None or read_build(v.path) is not None  # a foundation build has the config's sizes
+    _require(not sized or -(v.num_layers + 1) <= v.select_layer <= v.num_layers, "model.vision.select_layer",
              v.select_layer, f"a hidden_states index in [-{v.num_layers + 1}, {v.num_layers}] (num_layers={v.num_layers})")
     n_patches = (v.image_size // v.patch_size) ** 2
     from deco_core.model.projector_config import validate_projector_config

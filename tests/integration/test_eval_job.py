@@ -3,6 +3,7 @@ real MLflow server: frozen ShapesWorld shards -> predictions parquet -> scores -
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,7 +24,9 @@ def untrained_model_dir(tmp_path_factory, shapes_tokenizer, tiny_cfg) -> str:
     from deco_core.model.deco import DecoModel
 
     out = tmp_path_factory.mktemp("untrained-model")
-    DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).save_pretrained(out)
+    untrained = replace(tiny_cfg.model, vision=replace(tiny_cfg.model.vision, path=None),
+                        llm=replace(tiny_cfg.model.llm, path=None))  # random tower and LLM, not the foundation builds
+    DecoModel.from_config(untrained, shapes_tokenizer).save_pretrained(out)
     return str(out)
 
 
