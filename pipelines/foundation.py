@@ -36,7 +36,6 @@ from deco_core.model.builds import FOUNDATION_MANIFEST
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "foundation" / "tiny.yaml"
 EXPERIMENT = "deco-foundation"
-MANIFEST = FOUNDATION_MANIFEST
 
 
 @dataclass
@@ -143,7 +142,7 @@ def publish(parts: list[Any], manifest: dict[str, Any], out: Path, name: str = "
     try:
         for part in parts:
             part.save_pretrained(staging)  # safetensors: transformers' default
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (staging / FOUNDATION_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in [staging, *staging.iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp's 0700 would hide the build from other users
         final = out / name
@@ -191,7 +190,7 @@ def build(fc: FoundationConfig, steps: int | None = None, out: Path | None = Non
         for task, metrics in scores.items():
             for name, value in metrics.items():
                 client.log_metric(result.run_id, f"scene_text/{task}/{name}", float(value))
-        client.log_artifact(result.run_id, str(final / MANIFEST))
+        client.log_artifact(result.run_id, str(final / FOUNDATION_MANIFEST))
     log.info("foundation LLM written to %s (%d steps, %.0f s)", final, result.steps, manifest["total_wall_s"])
     return manifest
 
