@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install install-lmms foundation foundation-vision run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
+.PHONY: install install-lmms foundation foundation-choice foundation-vision run test test-all test-slow lint bench reproduce results services-up services-down services-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -42,8 +42,12 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check deco_core pipelines tests
 
-foundation: $(STAMP)  ## rebuild the tiny foundation LLM (artifacts/foundation/tiny/llm; ~55 min on 2 cores)
+foundation: $(STAMP)  ## rebuild the tiny foundation LLM, both phases (artifacts/foundation/tiny/llm; ~70 min on 2 cores)
 	$(PY) -m pipelines.foundation --config conf/foundation/tiny.yaml
+	$(PY) -m pipelines.foundation --config conf/foundation/tiny_choice.yaml
+
+foundation-choice: $(STAMP)  ## phase 2 alone: letter choices on top of artifacts/foundation/tiny/llm-base
+	$(PY) -m pipelines.foundation --config conf/foundation/tiny_choice.yaml
 
 foundation-vision: $(STAMP)  ## rebuild the tiny foundation vision tower (artifacts/foundation/tiny/vision; needs the LLM)
 	$(PY) -m pipelines.foundation_vision --config conf/foundation/vision_tiny.yaml

@@ -9,8 +9,13 @@ the ShapesWorld language once, with the scene written as text in place of the im
 2. trains the LLM alone on them with the product's engine (Ray Train + DeepSpeed ZeRO, the ``finetune`` stage of
    the composed config, ``conf/train/foundation_tiny.yaml``; an MLflow run in experiment ``deco-foundation``),
 3. scores the result on the ShapesWorld eval questions with the scene as text (``scene_text_eval``),
-4. writes ``<out>/llm`` (``save_pretrained`` weights + tokenizer + ``foundation.json``: how it was built, what it
+4. writes ``<out>/<name>`` (``save_pretrained`` weights + tokenizer + ``foundation.json``: how it was built, what it
    scores, the digest of the vocabulary it was trained with) — atomically, replacing an older build.
+
+A build with ``init`` set goes on training an earlier build instead of a random LLM (a curriculum phase; its
+manifest keeps the earlier one's under ``parent``). The tiny build has two phases (``make foundation``): the
+formats from scratch (``conf/foundation/tiny.yaml`` -> ``llm-base``), then letter choices on top
+(``conf/foundation/tiny_choice.yaml`` -> ``llm``, the folder the pipeline loads).
 
 ``conf/pipeline/tiny.yaml`` loads ``<out>/llm`` through ``model.llm.path``, the path a real checkpoint takes.
 """
@@ -31,7 +36,7 @@ from typing import Any
 
 from deco_core.config import CONF_DIR, Config, ConfigError, compose, load_structured, to_dict
 from deco_core.data.storage import join_uri
-from deco_core.model.builds import FOUNDATION_MANIFEST
+from deco_core.model.builds import FOUNDATION_MANIFEST, read_build
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "foundation" / "tiny.yaml"
@@ -44,7 +49,9 @@ class FoundationConfig:
 
     base: str = "pipeline/tiny"
     overrides: list[str] = field(default_factory=lambda: ["finetune=foundation_tiny", "model.llm.path=null"])
-    out: str = "artifacts/foundation/tiny"  # <out>/llm is what model.llm.path names
+    out: str = "artifacts/foundation/tiny"  # <out>/<name> is what model.llm.path names
+    name: str = "llm"
+    init: str | None = None  # an LLM build to go on training (its weights and tokenizer); null: a random LLM
     root: str = "runs/foundation"  # shards, Ray checkpoints, the staged export
     format_samples: int = 104000
     instruct_samples: int = 24000
@@ -67,14 +74,21 @@ def build_config(fc: FoundationConfig, steps: int | None = None) -> Config:
              "pipeline.reuse_train_workers=false"]
     if steps:
         extra.append(f"finetune.max_steps={steps}")
+    if fc.init:
+        extra += [f"model.llm.path={fc.init}", f"model.tokenizer.path={fc.init}"]
     cfg = compose(fc.base, [*fc.overrides, *extra])
     t = cfg.finetune
     if t.train_vision or t.train_projector or not t.train_llm:
         raise ConfigError(f"foundation build: the finetune section must train the LLM alone (train_vision="
                           f"{t.train_vision}, train_projector={t.train_projector}, train_llm={t.train_llm})")
-    if cfg.model.llm.path:
+    if fc.init:
+        if not (Path(cfg.model.llm.path) / "config.json").is_file():
+            raise ConfigError(f"foundation build: init={fc.init!r} ({cfg.model.llm.path}) holds no LLM build "
+                              "(no config.json); build it first (`make foundation`) or set init: null")
+    elif cfg.model.llm.path:
         raise ConfigError(f"foundation build: model.llm.path={cfg.model.llm.path!r}; the build trains a new LLM "
-                          "from its config (add model.llm.path=null to overrides)")
+                          "from its config (add model.llm.path=null to overrides, or name a build to go on "
+                          "training in `init`)")
     return cfg
 
 
@@ -127,6 +141,7 @@ def manifest_of(fc: FoundationConfig, cfg: Config, result: Any, scores: dict[str
         "mlflow_run": result.run_id, "vocab_digest": vocab_digest(tokenizer), "vocab_size": len(tokenizer),
         "scene_text_scores": scores, "build": asdict(fc), "llm": to_dict(cfg.model.llm),
         "train": {k: v for k, v in to_dict(cfg.finetune).items() if k != "deepspeed_config"},
+        "parent": read_build(cfg.model.llm.path) if fc.init else None,  # the build this one went on from
     }
 
 
@@ -182,7 +197,7 @@ def build(fc: FoundationConfig, steps: int | None = None, out: Path | None = Non
     scores = score_scene_text(model, fc.eval_samples, cfg.data.shapes.seed, cfg.data.shapes)
     manifest = manifest_of(fc, cfg, result, scores, model.tokenizer)
     manifest["total_wall_s"] = round(time.perf_counter() - started, 1)
-    final = publish([model.llm, model.tokenizer], manifest, out or Path(fc.out))
+    final = publish([model.llm, model.tokenizer], manifest, out or Path(fc.out), fc.name)
     if result.run_id:
         from mlflow import MlflowClient
 

@@ -4,6 +4,7 @@ the pipeline loading its output through model.llm.path; the same for the vision 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -42,6 +43,16 @@ def test_build_trains_the_llm_alone_scores_it_and_the_pipeline_loads_it(ray_loca
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     assert "scene_text/shapes-pope/accuracy" in run.data.metrics
     assert any(a.path == FOUNDATION_MANIFEST for a in client.list_artifacts(run.info.run_id))
+
+    # a second phase goes on training that build (not a random LLM) and keeps its manifest as the parent
+    phase2 = replace(fc, root=str(tmp_path / "root2"), name="llm2", init=str(llm_dir), format_mix={"mc": 1.0},
+                     overrides=[o for o in fc.overrides if not o.startswith("model.")])
+    second = build(phase2, steps=2)
+    assert second["parent"] == manifest and second["steps"] == 2
+    after = DecoModel.from_config(compose("pipeline/tiny", [f"model.llm.path={tmp_path / 'out' / 'llm2'}",
+                                                            f"model.tokenizer.path={tmp_path / 'out' / 'llm2'}"]).model)
+    moved = [(after.llm.state_dict()[k] - v).abs().max().item() for k, v in loaded.llm.state_dict().items()]
+    assert 0 < max(moved) < 0.05  # trained a little, from the parent's weights
 
 
 def test_vision_build_trains_the_tower_through_the_pipeline_and_the_pipeline_loads_it_frozen(ray_local, tmp_path):

@@ -36,6 +36,22 @@ def test_the_shipped_build_config_loads_and_trains_the_llm_alone():
     assert t.max_steps == 7 and cfg.model.llm.path is None and cfg.pipeline.root == fc.root
 
 
+def test_the_shipped_choice_phase_goes_on_from_the_first_phase_and_writes_what_the_pipeline_loads(tiny_cfg):
+    first = load_foundation_config(DEFAULT_CONFIG)
+    second = load_foundation_config(DEFAULT_CONFIG.parent / "tiny_choice.yaml")
+    assert second.init == f"{first.out}/{first.name}" and second.root != first.root
+    cfg = build_config(second, steps=5)
+    base = REPO / first.out / first.name
+    assert cfg.model.llm.path == cfg.model.tokenizer.path == str(base)  # weights and their own vocabulary
+    assert (cfg.finetune.train_llm, cfg.finetune.train_projector, cfg.finetune.max_steps) == (True, False, 5)
+    assert Path(tiny_cfg.model.llm.path) == REPO / second.out / second.name
+
+
+def test_an_init_that_holds_no_build_is_refused_with_the_build_command(tmp_path):
+    with pytest.raises(ConfigError, match=r"init=.*holds no LLM build .*make foundation"):
+        build_config(FoundationConfig(init=str(tmp_path / "nothing-here")))
+
+
 def test_unknown_keys_and_empty_sets_name_the_file(tmp_path):
     bad = tmp_path / "f.yaml"
     bad.write_text("format_samplez: 3\n")
