@@ -1,7 +1,8 @@
 """Stage fingerprints: each hashes the config sections its stage reads, its upstream stages' fingerprints and the
 code version (a hash of every ``*.py`` under deco_core/ and pipelines/). Settings read from conf/ files are part
 of the composed config (the DeepSpeed settings are ``pretrain|finetune.deepspeed_config``), so a changed YAML
-changes the fingerprint of the stages that read it."""
+changes the fingerprint of the stages that read it. Stages that read ``model`` also hash what its local paths hold
+(``build_digest``): a rebuilt foundation LLM or tower at the same path invalidates them too."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deco_core.config import Config, to_dict
+from deco_core.model.builds import FOUNDATION_MANIFEST
 from pipelines.workflow.context import StageSpec
 
 PACKAGE_DIRS = ("deco_core", "pipelines")
@@ -29,6 +31,21 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def build_digest(path: str | None) -> str | None:
+    """What a model path holds, cheaply: a foundation build's manifest (it names the build: time, MLflow run,
+    scores), else each file's name, size and modification time (no read of multi-GB weights); None for a path
+    that is not a local folder (a hub name is already in the config)."""
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir():
+        return None
+    manifest = folder / FOUNDATION_MANIFEST
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    stats = [(str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+             for f in sorted(folder.rglob("*")) if f.is_file()]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
 def _select(cfg_dict: dict[str, Any], dotted: str) -> Any:
     node: Any = cfg_dict
     for part in dotted.split("."):
@@ -39,9 +56,12 @@ def _select(cfg_dict: dict[str, Any], dotted: str) -> Any:
 def fingerprints(cfg: Config, stages: dict[str, StageSpec]) -> dict[str, str]:
     """Stage -> sha256 of (its config sections, upstream fingerprints, code version)."""
     data = to_dict(cfg)
+    builds = {part: build_digest(getattr(cfg.model, part).path) for part in ("vision", "llm", "tokenizer")}
     out: dict[str, str] = {}
     for name, spec in stages.items():  # table order is topological
         payload = {"stage": name, "config": {k: _select(data, k) for k in spec.config_keys},
                    "deps": {d: out[d] for d in spec.deps if d in out}, "code": code_version()}
+        if any(k == "model" or k.startswith("model.") for k in spec.config_keys):
+            payload["builds"] = builds
         out[name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return out

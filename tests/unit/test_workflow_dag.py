@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from deco_core.config import compose
@@ -30,6 +32,23 @@ def test_change_invalidates_stage_and_downstream_only(override, changed):
     """Changing one section changes the fingerprints of its stage and the stages after it, nothing upstream."""
     base, new = _fps(), _fps(override)
     assert {s for s in base if base[s] != new[s]} == changed
+
+
+def test_a_rebuilt_model_at_the_same_path_invalidates_training_and_downstream(tmp_path):
+    """A new foundation build (or any changed checkpoint) under an unchanged model.llm.path is not served stale."""
+    llm = tmp_path / "llm"
+    shutil.copytree(compose("pipeline/tiny", []).model.llm.path, llm)
+    before = _fps(f"model.llm.path={llm}")
+    assert before == _fps(f"model.llm.path={llm}")
+    (llm / "foundation.json").write_text('{"built_at": "later"}')
+    after = _fps(f"model.llm.path={llm}")
+    assert {s for s in before if before[s] != after[s]} == {"pretrain", "finetune", "evaluate", "analyze", "register"}
+    plain = tmp_path / "plain"  # a checkpoint without a manifest: its files' sizes and times
+    shutil.copytree(llm, plain)
+    (plain / "foundation.json").unlink()
+    first = _fps(f"model.llm.path={plain}")
+    (plain / "model.safetensors").write_bytes(b"other weights")
+    assert _fps(f"model.llm.path={plain}")["pretrain"] != first["pretrain"]
 
 
 def test_fingerprints_are_stable():
