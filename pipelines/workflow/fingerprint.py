@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deco_core.config import Config, to_dict
-from deco_core.model.builds import FOUNDATION_MANIFEST
+from deco_core.model.builds import build_digest
 from pipelines.workflow.context import StageSpec
 
 PACKAGE_DIRS = ("deco_core", "pipelines")
@@ -29,21 +29,6 @@ def code_version() -> str:
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
-
-
-def build_digest(path: str | None) -> str | None:
-    """What a model path holds, cheaply: a foundation build's manifest (it names the build: time, MLflow run,
-    scores), else each file's name, size and modification time (no read of multi-GB weights); None for a path
-    that is not a local folder (a hub name is already in the config)."""
-    folder = Path(path) if path else None
-    if folder is None or not folder.is_dir():
-        return None
-    manifest = folder / FOUNDATION_MANIFEST
-    if manifest.is_file():
-        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-    stats = [(str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-             for f in sorted(folder.rglob("*")) if f.is_file()]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 def _select(cfg_dict: dict[str, Any], dotted: str) -> Any:
