@@ -14,6 +14,10 @@ projector afterwards, as the paper does with CLIP:
    caption losses), atomically, replacing an older build.
 
 ``conf/model/tiny.yaml`` loads ``<out>/vision`` through ``model.vision.path``, the path a real CLIP checkpoint takes.
+
+``objective: dense`` replaces step 1 by a Ray Train + DeepSpeed job on per-patch labels (``targets``: shape, colour,
+size, position, box; ``deco_core.train.dense``); ``init`` goes on training an earlier tower build (its manifest under
+``parent``) and ``name`` picks the export folder (``conf/foundation/vision_tiny_dense.yaml`` -> ``<out>/vision-dense``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from deco_core.config import CONF_DIR, Config, ConfigError, compose, load_structured, to_dict
+from deco_core.model.builds import read_build
 from pipelines.foundation import EXPERIMENT, publish
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "foundation" / "vision_tiny.yaml"
 STAGES = ["prepare_data", "pretrain"]
+OBJECTIVES = ("captions", "dense")
+DENSE_TARGETS = ("shape", "colour", "size", "position", "box")  # deco_core.train.dense.ATTRIBUTES + its box head
 
 
 @dataclass
@@ -43,6 +50,10 @@ class VisionFoundationConfig:
         "model.vision.path=null", "model.projector=mlp", "pretrain.train_vision=true",
         "pretrain.train_projector=true", "pretrain.train_llm=false"])
     out: str = "artifacts/foundation/tiny"  # <out>/vision is what model.vision.path names
+    objective: str = "captions"  # captions: prepare_data + pretrain; dense: per-patch attribute labels
+    targets: list[str] = field(default_factory=lambda: ["shape", "colour", "size"])  # dense: the labels it learns
+    init: str | None = None  # a tower build to go on training (a second phase); null: a random tower
+    name: str = "vision"  # the export folder under `out`
     root: str = "runs/foundation_vision"  # shards, Ray checkpoints, the staged export, MLflow
 
 
@@ -55,14 +66,27 @@ def load_vision_config(path: str | Path) -> VisionFoundationConfig:
 def build_config(vc: VisionFoundationConfig, steps: int | None = None) -> Config:
     """The composed pipeline config of the build: the base with ``vc.overrides``, rooted at ``vc.root``.
 
-    Refuses a config that would not train a new tower (a vision path set, or the tower frozen in ``pretrain``)."""
+    Refuses a config that would not train a tower (a vision path set without ``init``, an ``init`` that holds no
+    build, the tower frozen in ``pretrain``) and unknown objectives or dense targets."""
     extra = [f"pipeline.root={vc.root}", "pipeline.name=foundation-vision", f"tracking.experiment={EXPERIMENT}"]
     if steps:
         extra.append(f"pretrain.max_steps={steps}")
+    if vc.init:
+        extra.append(f"model.vision.path={vc.init}")
     cfg = compose(vc.base, [*vc.overrides, *extra])
-    if cfg.model.vision.path:
+    if vc.init:
+        if not (Path(cfg.model.vision.path) / "config.json").is_file():
+            raise ConfigError(f"vision foundation build: init={vc.init!r} ({cfg.model.vision.path}) holds no tower "
+                              "build (no config.json); build it first or set init: null")
+    elif cfg.model.vision.path:
         raise ConfigError(f"vision foundation build: model.vision.path={cfg.model.vision.path!r}; the build trains "
-                          "a new tower from its config (add model.vision.path=null to overrides)")
+                          "a new tower from its config (add model.vision.path=null to overrides, or name a build "
+                          "to go on training in `init`)")
+    if vc.objective not in OBJECTIVES:
+        raise ConfigError(f"vision foundation build: objective={vc.objective!r}; expected one of {OBJECTIVES}")
+    unknown = sorted(set(vc.targets) - set(DENSE_TARGETS)) or ([] if vc.targets else ["(none)"])
+    if unknown:
+        raise ConfigError(f"vision foundation build: targets {unknown}; expected a non-empty list of {DENSE_TARGETS}")
     if not cfg.pretrain.train_vision:
         raise ConfigError("vision foundation build: pretrain.train_vision=false; the build trains the tower in the "
                           "pretrain stage (add pretrain.train_vision=true to overrides)")
@@ -70,34 +94,81 @@ def build_config(vc: VisionFoundationConfig, steps: int | None = None) -> Config
 
 
 def manifest_of(vc: VisionFoundationConfig, cfg: Config, outputs: dict[str, Any]) -> dict[str, Any]:
-    """``foundation.json``: how the tower was built and how far its caption loss fell."""
+    """``foundation.json``: how the tower was built and how far its loss fell (caption loss, or the dense
+    objective's patch accuracies and box error)."""
     return {
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "steps": outputs.get("steps"), "wall_s": outputs.get("wall_s"),
         "final_loss": outputs.get("final_loss"), "val_loss": outputs.get("val_loss"),
-        "mlflow_run": outputs.get("mlflow_run"), "build": asdict(vc), "vision": to_dict(cfg.model.vision),
-        "projector": to_dict(cfg.model.projector),
+        "mlflow_run": outputs.get("mlflow_run"), "patch_accuracy": outputs.get("patch_accuracy"),
+        "patch_box_l1": outputs.get("patch_box_l1"), "build": asdict(vc), "vision": to_dict(cfg.model.vision),
+        "projector": to_dict(cfg.model.projector) if vc.objective == "captions" else None,
+        "parent": read_build(cfg.model.vision.path) if vc.init else None,  # the build this one went on from
         "train": {k: v for k, v in to_dict(cfg.pretrain).items() if k != "deepspeed_config"},
     }
 
 
 def build(vc: VisionFoundationConfig, steps: int | None = None, out: Path | None = None) -> dict[str, Any]:
     """Run the whole build; returns the manifest written to ``<out>/vision/foundation.json``."""
+    started = time.perf_counter()
+    cfg = build_config(vc, steps)
+    tower, outputs = train_dense(cfg, vc.targets) if vc.objective == "dense" else train_captions(cfg)
+    manifest = manifest_of(vc, cfg, outputs)
+    manifest["total_wall_s"] = round(time.perf_counter() - started, 1)
+    final = publish([tower], manifest, out or Path(vc.out), name=vc.name)
+    log.info("foundation vision tower written to %s (%s objective, %s steps, loss %s, %.0f s)", final, vc.objective,
+             outputs.get("steps"), outputs.get("final_loss"), manifest["total_wall_s"])
+    return manifest
+
+
+def train_captions(cfg: Config) -> tuple[Any, dict[str, Any]]:
+    """The pipeline's own prepare_data + pretrain stages on the dense captions -> (CLIPVisionModel, outputs)."""
     from deco_core.model.deco import DecoModel
     from pipelines.workflow.runner import Workflow
 
-    started = time.perf_counter()
-    cfg = build_config(vc, steps)
     workflow = Workflow(cfg)
     workflow.run(only=STAGES)
     outputs = workflow.load_state()["stages"]["pretrain"]["outputs"]
-    model = DecoModel.from_pretrained(outputs["model"])
-    manifest = manifest_of(vc, cfg, outputs)
-    manifest["total_wall_s"] = round(time.perf_counter() - started, 1)
-    final = publish([model.vision.model], manifest, out or Path(vc.out), name="vision")
-    log.info("foundation vision tower written to %s (%s steps, caption loss %s, %.0f s)", final, outputs.get("steps"),
-             outputs.get("final_loss"), manifest["total_wall_s"])
-    return manifest
+    return DecoModel.from_pretrained(outputs["model"]).vision.model, outputs
+
+
+def train_dense(cfg: Config, targets: list[str]) -> tuple[Any, dict[str, Any]]:
+    """A Ray Train + DeepSpeed job on per-patch attribute labels (``deco_core.train.dense``), tracked in MLflow
+    -> (CLIPVisionModel, outputs). Batch, lr, schedule, steps and workers are the ``pretrain`` section's."""
+    from mlflow import MlflowClient
+    from transformers import CLIPVisionModel
+
+    from deco_core.tracking import resolve_tracking_uri
+    from deco_core.tracking.runs import get_or_create_run
+    from deco_core.tracking.trackers import MlflowTracker
+    from deco_core.train.dense import DenseLoopConfig, dense_loop_per_worker
+    from deco_core.train.session import WorkerPlan, torch_trainer
+    from deco_core.train.sources import ray_storage
+    from deco_core.train.trainer import abs_storage
+    from pipelines.ops.runtime import ensure_ray
+
+    t = cfg.pretrain
+    ensure_ray(cfg)
+    uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
+    run_id = get_or_create_run(uri, EXPERIMENT, "foundation-vision-dense", cfg.pipeline.root)
+    MlflowTracker(uri, run_id).log_params({"objective": "dense", "targets": ",".join(targets), "vision": to_dict(cfg.model.vision),
+                                           "train": {k: v for k, v in to_dict(t).items() if k != "deepspeed_config"}})
+    loop = DenseLoopConfig(cfg.model.vision, t, cfg.data.shapes, t.max_steps, t.seed, tuple(targets), uri, run_id)
+    name = f"foundation-vision-dense-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"  # never resumes an older build
+    started = time.perf_counter()
+    result = torch_trainer(dense_loop_per_worker, {"loop": loop}, name,
+                           WorkerPlan.of(cfg, t, abs_storage(ray_storage(cfg)), session=False)).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"vision foundation build: the dense job {name} reported no tower checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        tower = CLIPVisionModel.from_pretrained(folder)
+    MlflowClient(uri).set_terminated(run_id)
+    metrics = dict(result.metrics or {})
+    outputs = {"steps": metrics.get("step"), "final_loss": metrics.get("loss"), "mlflow_run": run_id,
+               "wall_s": round(time.perf_counter() - started, 1),
+               "patch_accuracy": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("patch_acc/")},
+               "patch_box_l1": metrics.get("patch_box_l1")}
+    return tower, outputs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,14 @@ def test_the_shipped_build_config_trains_a_new_tower_with_the_all_patch_projecto
     assert cfg.pipeline.root == vc.root and cfg.model.llm.path  # the foundation LLM, frozen
 
 
+def test_the_shipped_dense_build_config_trains_a_new_tower_on_patch_labels_beside_the_default():
+    vc = load_vision_config(DEFAULT_CONFIG.parent / "vision_tiny_dense.yaml")
+    cfg = build_config(vc)
+    assert vc.objective == "dense" and set(vc.targets) == {"shape", "colour", "size", "box"}
+    assert vc.name == "vision-dense" and vc.init is None and cfg.model.vision.path is None
+    assert cfg.pretrain.train_vision and cfg.pretrain.max_steps == 1500
+
+
 def test_a_build_that_would_not_train_a_new_tower_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="model.vision.path=.*trains a new tower"):
         build_config(VisionFoundationConfig(overrides=[f"model.vision.path={tmp_path}"]))
