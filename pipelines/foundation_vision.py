@@ -87,6 +87,9 @@ def build_config(vc: VisionFoundationConfig, steps: int | None = None) -> Config
     unknown = sorted(set(vc.targets) - set(DENSE_TARGETS)) or ([] if vc.targets else ["(none)"])
     if unknown:
         raise ConfigError(f"vision foundation build: targets {unknown}; expected a non-empty list of {DENSE_TARGETS}")
+    if vc.objective == "dense" and not cfg.pretrain.max_steps:
+        raise ConfigError("vision foundation build: objective dense needs pretrain.max_steps (its scenes are drawn "
+                          "on the fly: there is no epoch to count)")
     if not cfg.pretrain.train_vision:
         raise ConfigError("vision foundation build: pretrain.train_vision=false; the build trains the tower in the "
                           "pretrain stage (add pretrain.train_vision=true to overrides)")
@@ -151,18 +154,24 @@ def train_dense(cfg: Config, targets: list[str]) -> tuple[Any, dict[str, Any]]:
     ensure_ray(cfg)
     uri = resolve_tracking_uri(cfg.tracking, cfg.pipeline.root)
     run_id = get_or_create_run(uri, EXPERIMENT, "foundation-vision-dense", cfg.pipeline.root)
-    MlflowTracker(uri, run_id).log_params({"objective": "dense", "targets": ",".join(targets), "vision": to_dict(cfg.model.vision),
-                                           "train": {k: v for k, v in to_dict(t).items() if k != "deepspeed_config"}})
+    MlflowTracker(uri, run_id).log_params({
+        "objective": "dense", "targets": ",".join(targets), "vision": to_dict(cfg.model.vision),
+        "train": {k: v for k, v in to_dict(t).items() if k != "deepspeed_config"}})
     loop = DenseLoopConfig(cfg.model.vision, t, cfg.data.shapes, t.max_steps, t.seed, tuple(targets), uri, run_id)
     name = f"foundation-vision-dense-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"  # never resumes an older build
     started = time.perf_counter()
-    result = torch_trainer(dense_loop_per_worker, {"loop": loop}, name,
-                           WorkerPlan.of(cfg, t, abs_storage(ray_storage(cfg)), session=False)).fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"vision foundation build: the dense job {name} reported no tower checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        tower = CLIPVisionModel.from_pretrained(folder)
-    MlflowClient(uri).set_terminated(run_id)
+    client = MlflowClient(uri)
+    try:
+        result = torch_trainer(dense_loop_per_worker, {"loop": loop}, name,
+                               WorkerPlan.of(cfg, t, abs_storage(ray_storage(cfg)), session=False)).fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"vision foundation build: the dense job {name} reported no tower checkpoint")
+        with result.checkpoint.as_directory() as folder:
+            tower = CLIPVisionModel.from_pretrained(folder)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
     metrics = dict(result.metrics or {})
     outputs = {"steps": metrics.get("step"), "final_loss": metrics.get("loss"), "mlflow_run": run_id,
                "wall_s": round(time.perf_counter() - started, 1),

@@ -95,6 +95,10 @@ def test_both_objectives_compose_and_unknown_objectives_or_targets_are_refused(o
         build_config(VisionFoundationConfig(objective=objective, targets=["shape", "depth"]))
     with pytest.raises(ConfigError, match=r"targets \['\(none\)'\]"):
         build_config(VisionFoundationConfig(objective=objective, targets=[]))
+    if objective == "dense":  # scenes drawn on the fly: no epoch to count steps by
+        overrides = [*VisionFoundationConfig().overrides, "pretrain.max_steps=null"]
+        with pytest.raises(ConfigError, match="objective dense needs pretrain.max_steps"):
+            build_config(VisionFoundationConfig(objective=objective, overrides=overrides))
 
 
 def test_a_second_phase_goes_on_from_a_tower_build_and_refuses_a_folder_without_one(tmp_path, tiny_cfg):
