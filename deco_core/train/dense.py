@@ -124,6 +124,7 @@ def dense_loop_per_worker(config: dict[str, Any]) -> None:
 
     from deco_core.model.vision import build_vision_tower
     from deco_core.tracking.trackers import make_tracker
+    from deco_core.train.checkpoint import consolidated_state_dict
     from deco_core.train.deepspeed import build_engine
     from deco_core.train.loop import torch_threads
 
@@ -153,10 +154,13 @@ def dense_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0 and step % (t.log_every * 10) == 0:
                 log.info("dense tower step %d/%d loss %.3f %s", step, lc.steps, metrics["loss"],
                          {k: round(float(v), 3) for k, v in measured.items()})
+    state = consolidated_state_dict(engine, model, rank)  # every rank takes part (ZeRO-3 gathers)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
-            tower.model.save_pretrained(tmp)
+        if state is not None:
+            prefix = "tower.model."
+            tower.model.save_pretrained(tmp, state_dict={k[len(prefix):]: v for k, v in state.items()
+                                                         if k.startswith(prefix)})
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
     tracker.finish(status=None)
