@@ -82,14 +82,19 @@ def build_config(fc: FoundationConfig, steps: int | None = None) -> Config:
         raise ConfigError(f"foundation build: the finetune section must train the LLM alone (train_vision="
                           f"{t.train_vision}, train_projector={t.train_projector}, train_llm={t.train_llm})")
     if fc.init:
-        if not (Path(cfg.model.llm.path) / "config.json").is_file():
-            raise ConfigError(f"foundation build: init={fc.init!r} ({cfg.model.llm.path}) holds no LLM build "
-                              "(no config.json); build it first (`make foundation`) or set init: null")
+        check_init("foundation build", "LLM", fc.init, cfg.model.llm.path, "(`make foundation`)")
     elif cfg.model.llm.path:
         raise ConfigError(f"foundation build: model.llm.path={cfg.model.llm.path!r}; the build trains a new LLM "
                           "from its config (add model.llm.path=null to overrides, or name a build to go on "
                           "training in `init`)")
     return cfg
+
+
+def check_init(build: str, kind: str, init: str, path: str, how: str = "") -> None:
+    """Refuse an ``init`` whose resolved ``path`` holds no saved build (no ``config.json``), naming both."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{build}: init={init!r} ({path}) holds no {kind} build (no config.json); build it first"
+                          f"{' ' + how if how else ''} or set init: null")
 
 
 def data_fingerprint(fc: FoundationConfig, cfg: Config) -> str:

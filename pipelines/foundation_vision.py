@@ -32,13 +32,12 @@ from typing import Any
 
 from deco_core.config import CONF_DIR, Config, ConfigError, compose, load_structured, to_dict
 from deco_core.model.builds import read_build
-from pipelines.foundation import EXPERIMENT, publish
+from pipelines.foundation import EXPERIMENT, check_init, publish
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "foundation" / "vision_tiny.yaml"
 STAGES = ["prepare_data", "pretrain"]
 OBJECTIVES = ("captions", "dense")
-DENSE_TARGETS = ("shape", "colour", "size", "position", "box")  # deco_core.train.dense.ATTRIBUTES + its box head
 
 
 @dataclass
@@ -75,18 +74,18 @@ def build_config(vc: VisionFoundationConfig, steps: int | None = None) -> Config
         extra.append(f"model.vision.path={vc.init}")
     cfg = compose(vc.base, [*vc.overrides, *extra])
     if vc.init:
-        if not (Path(cfg.model.vision.path) / "config.json").is_file():
-            raise ConfigError(f"vision foundation build: init={vc.init!r} ({cfg.model.vision.path}) holds no tower "
-                              "build (no config.json); build it first or set init: null")
+        check_init("vision foundation build", "tower", vc.init, cfg.model.vision.path)
     elif cfg.model.vision.path:
         raise ConfigError(f"vision foundation build: model.vision.path={cfg.model.vision.path!r}; the build trains "
                           "a new tower from its config (add model.vision.path=null to overrides, or name a build "
                           "to go on training in `init`)")
     if vc.objective not in OBJECTIVES:
         raise ConfigError(f"vision foundation build: objective={vc.objective!r}; expected one of {OBJECTIVES}")
-    unknown = sorted(set(vc.targets) - set(DENSE_TARGETS)) or ([] if vc.targets else ["(none)"])
+    from deco_core.train.dense import TARGETS
+
+    unknown = sorted(set(vc.targets) - set(TARGETS)) or ([] if vc.targets else ["(none)"])
     if unknown:
-        raise ConfigError(f"vision foundation build: targets {unknown}; expected a non-empty list of {DENSE_TARGETS}")
+        raise ConfigError(f"vision foundation build: targets {unknown}; expected a non-empty list of {TARGETS}")
     if vc.objective == "dense" and not cfg.pretrain.max_steps:
         raise ConfigError("vision foundation build: objective dense needs pretrain.max_steps (its scenes are drawn "
                           "on the fly: there is no epoch to count)")

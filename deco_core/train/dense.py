@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # attribute -> its values; label 0 is background, value i is label i + 1
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
 BOX = "box"  # [G * G, 4] normalised xyxy box of the patch's object (zeros on background)
+TARGETS: tuple[str, ...] = (*ATTRIBUTES, BOX)  # what a build may train (its `targets`)
 SPLIT = "tower"  # the scenes of the tower build: a split of their own, never "train" / "val" / "eval"
 
 
@@ -66,7 +67,7 @@ def patch_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
 def scene_batch(shapes: ShapesConfig, transform: ImageTransform, patch: int, seed: int, rank: int, start: int,
                 size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scenes start..start+size-1 of this rank -> (pixels [B, 3, S, S], {attribute: [B, G * G], "box": [B, G * G, 4]})."""
-    pixels, labels = [], {name: [] for name in (*ATTRIBUTES, BOX)}
+    pixels, labels = [], {name: [] for name in TARGETS}
     for index in range(start, start + size):
         scene = sample_scene(sample_rngs(seed, SPLIT, f"rank{rank}", index)[0], shapes)
         pixels.append(transform(Image.open(io.BytesIO(render_png(scene))).convert("RGB")))
@@ -78,7 +79,7 @@ def scene_batch(shapes: ShapesConfig, transform: ImageTransform, patch: int, see
 class DenseTower(nn.Module):
     """A vision tower with one linear head per attribute and a box head on its selected layer's patch features."""
 
-    def __init__(self, tower: nn.Module, targets: tuple[str, ...] = (*ATTRIBUTES, BOX)) -> None:
+    def __init__(self, tower: nn.Module, targets: tuple[str, ...] = TARGETS) -> None:
         super().__init__()
         self.tower = tower
         self.heads = nn.ModuleDict({name: nn.Linear(tower.hidden_size, len(values) + 1)
@@ -113,7 +114,7 @@ class DenseLoopConfig:
     shapes: ShapesConfig
     steps: int
     seed: int
-    targets: tuple[str, ...] = (*ATTRIBUTES, BOX)  # which heads train
+    targets: tuple[str, ...] = TARGETS  # which heads train
     tracking_uri: str | None = None
     run_id: str | None = None
 
