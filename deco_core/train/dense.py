@@ -47,17 +47,21 @@ TARGETS: tuple[str, ...] = (*ATTRIBUTES, BOX)  # what a build may train (its `ta
 SPLIT = "tower"  # the scenes of the tower build: a split of their own, never "train" / "val" / "eval"
 
 
+def patches_under(box_px: tuple[int, int, int, int], grid: int, patch: int) -> np.ndarray:
+    """[G, G] bool: the patches whose centre lies inside the pixel box (left, top, right, bottom; right/bottom
+    exclusive)."""
+    centres = np.arange(grid) * patch + patch / 2.0  # [G] pixel centre of each patch row/column
+    left, top, right, bottom = box_px
+    return ((centres >= top) & (centres < bottom))[:, None] & ((centres >= left) & (centres < right))[None, :]
+
+
 def patch_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     """{attribute: [G * G] int64, "box": [G * G, 4] float32} for the row-major patch grid, G = image_size // patch."""
     grid = scene.image_size // patch
-    centres = np.arange(grid) * patch + patch / 2.0  # [G] pixel centre of each patch row/column
     labels = {name: np.zeros((grid, grid), np.int64) for name in ATTRIBUTES}
     boxes = np.zeros((grid, grid, 4), np.float32)
     for index, obj in enumerate(scene.objects):
-        left, top, right, bottom = obj.box_px  # right / bottom exclusive
-        rows = (centres >= top) & (centres < bottom)
-        cols = (centres >= left) & (centres < right)
-        inside = rows[:, None] & cols[None, :]  # [G, G]
+        inside = patches_under(obj.box_px, grid, patch)  # [G, G]
         for name, values in ATTRIBUTES.items():
             labels[name][inside] = values.index(obj.attr(name)) + 1
         boxes[inside] = scene.norm_box(index)

@@ -49,20 +49,20 @@ class ObjectRows:
 def object_rows(feats: torch.Tensor, scenes: list[Any], tokens: int) -> ObjectRows:
     """feats [B, G*G, D] of the scenes' images -> per-object readout inputs and targets."""
     from deco_core.data.shapes_scene import SHAPES
+    from deco_core.train.dense import patches_under
 
     b, n, d = feats.shape
     grid = int(round(n**0.5))
     if grid * grid != n or not 1 <= tokens <= grid:
         raise ValueError(f"tokens={tokens}: expected 1..{grid} for a {grid}x{grid} patch grid ({n} patches)")
     pooled = torch.nn.functional.adaptive_avg_pool2d(feats.transpose(1, 2).reshape(b, d, grid, grid), tokens)
-    centres = (torch.arange(grid) + 0.5) / grid  # [G] patch centre, fraction of the side
     rows: dict[str, list[Any]] = {k: [] for k in ("token", "patches", "box", "shape", "small")}
     for i, scene in enumerate(scenes):
         for k, obj in enumerate(scene.objects):
             box = scene.norm_box(k)  # [x1, y1, x2, y2] in [0, 1]
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             rows["token"].append(pooled[i, :, min(int(cy * tokens), tokens - 1), min(int(cx * tokens), tokens - 1)])
-            inside = ((centres >= box[1]) & (centres < box[3]))[:, None] & ((centres >= box[0]) & (centres < box[2]))
+            inside = torch.from_numpy(patches_under(obj.box_px, grid, scene.image_size // grid))  # [G, G]
             if not inside.any():  # an object between patch centres: the patch under its centre
                 inside[min(int(cy * grid), grid - 1), min(int(cx * grid), grid - 1)] = True
             rows["patches"].append(feats[i][inside.reshape(-1)].mean(0))
@@ -88,12 +88,10 @@ def _fit(model: torch.nn.Module, x: torch.Tensor, loss_fn: Any, target: torch.Te
 
 
 def box_iou_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise IoU of xyxy boxes [n, 4] -> [n]."""
-    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    area = lambda t: (t[:, 2] - t[:, 0]).clamp(min=0) * (t[:, 3] - t[:, 1]).clamp(min=0)  # noqa: E731
-    union = area(a) + area(b) - w * h
-    return torch.where(union > 0, w * h / union.clamp(min=1e-12), torch.zeros_like(union))
+    """Row-wise IoU of xyxy boxes [n, 4] -> [n], by the REC metric's own ``box_iou``."""
+    from deco_core.eval.metrics_rec import box_iou
+
+    return torch.tensor([box_iou(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
 
 
 def readouts(rows: ObjectRows, steps: int = 1500, seed: int = 0) -> dict[str, float]:
