@@ -16,7 +16,8 @@ projector afterwards, as the paper does with CLIP:
 ``conf/model/tiny.yaml`` loads ``<out>/vision`` through ``model.vision.path``, the path a real CLIP checkpoint takes.
 
 ``objective: dense`` replaces step 1 by a Ray Train + DeepSpeed job on per-patch labels (``targets``: shape, colour,
-size, position, box; ``deco_core.train.dense``); ``init`` goes on training an earlier tower build (its manifest under
+size, position, box, and ``keep``: stay close to the ``init`` tower's features; ``deco_core.train.dense``);
+``init`` goes on training an earlier tower build (its manifest under
 ``parent``) and ``name`` picks the export folder (``conf/foundation/vision_tiny_dense.yaml`` -> ``<out>/vision-dense``).
 """
 
@@ -81,11 +82,14 @@ def build_config(vc: VisionFoundationConfig, steps: int | None = None) -> Config
                           "to go on training in `init`)")
     if vc.objective not in OBJECTIVES:
         raise ConfigError(f"vision foundation build: objective={vc.objective!r}; expected one of {OBJECTIVES}")
-    from deco_core.train.dense import TARGETS
+    from deco_core.train.dense import KEEP, TARGETS
 
     unknown = sorted(set(vc.targets) - set(TARGETS)) or ([] if vc.targets else ["(none)"])
     if unknown:
         raise ConfigError(f"vision foundation build: targets {unknown}; expected a non-empty list of {TARGETS}")
+    if KEEP in vc.targets and not (vc.init and vc.objective == "dense"):
+        raise ConfigError(f"vision foundation build: target {KEEP!r} keeps the starting tower's features; it needs "
+                          "objective: dense and an `init` build to start from")
     if vc.objective == "dense" and not cfg.pretrain.max_steps:
         raise ConfigError("vision foundation build: objective dense needs pretrain.max_steps (its scenes are drawn "
                           "on the fly: there is no epoch to count)")
@@ -103,7 +107,8 @@ def manifest_of(vc: VisionFoundationConfig, cfg: Config, outputs: dict[str, Any]
         "steps": outputs.get("steps"), "wall_s": outputs.get("wall_s"),
         "final_loss": outputs.get("final_loss"), "val_loss": outputs.get("val_loss"),
         "mlflow_run": outputs.get("mlflow_run"), "patch_accuracy": outputs.get("patch_accuracy"),
-        "patch_box_l1": outputs.get("patch_box_l1"), "build": asdict(vc), "vision": to_dict(cfg.model.vision),
+        "patch_box_l1": outputs.get("patch_box_l1"), "keep_mse": outputs.get("keep_mse"), "build": asdict(vc),
+        "vision": to_dict(cfg.model.vision),
         "projector": to_dict(cfg.model.projector) if vc.objective == "captions" else None,
         "parent": read_build(cfg.model.vision.path) if vc.init else None,  # the build this one went on from
         "train": {k: v for k, v in to_dict(cfg.pretrain).items() if k != "deepspeed_config"},
@@ -175,7 +180,7 @@ def train_dense(cfg: Config, targets: list[str]) -> tuple[Any, dict[str, Any]]:
     outputs = {"steps": metrics.get("step"), "final_loss": metrics.get("loss"), "mlflow_run": run_id,
                "wall_s": round(time.perf_counter() - started, 1),
                "patch_accuracy": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("patch_acc/")},
-               "patch_box_l1": metrics.get("patch_box_l1")}
+               "patch_box_l1": metrics.get("patch_box_l1"), "keep_mse": metrics.get("keep_mse")}
     return tower, outputs
 
 

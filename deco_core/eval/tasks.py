@@ -183,6 +183,7 @@ SCORERS: dict[str, tuple[Callable[[str, Mapping[str, Any]], float], Callable[[Ro
     "cider":          (_one_caption,        _agg_cider),
 }
 # fmt: on
+KIND_SCORED = ("vqa_accuracy", "multiple_choice")  # scorers whose ShapesWorld sets are also split by question kind
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,23 @@ class Task:
         if not rows:
             raise ValueError(f"task {self.name}: no predictions to score")
         out = SCORERS[self.metric][1](rows)
+        if self.shapes_stream is not None and self.metric in KIND_SCORED:
+            out.update(self.score_by_kind(rows))
         out["n"] = float(len(rows))
+        return out
+
+    def score_by_kind(self, rows: Rows) -> dict[str, float]:
+        """ShapesWorld questions by the skill they test (their ``question_type``: colour, shape, position, ...) ->
+        {"accuracy_<kind>": mean per-item score, "n_<kind>": questions}; where a set-level score hides a skill
+        the model never learned (e.g. one shape answered to every shape question)."""
+        by_kind: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            kind = _refs(r).get("question_type")
+            if kind:
+                by_kind[str(kind)].append(self.score_one(str(r["prediction"]), _refs(r)))
+        out: dict[str, float] = {}
+        for kind, scores in sorted(by_kind.items()):
+            out[f"accuracy_{kind}"], out[f"n_{kind}"] = _mean(scores), float(len(scores))
         return out
 
 

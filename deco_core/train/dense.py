@@ -14,6 +14,7 @@ entry point; the engine is DeepSpeed's (``build_engine``), as in every training 
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import tempfile
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 # attribute -> its values; label 0 is background, value i is label i + 1
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
 BOX = "box"  # [G * G, 4] normalised xyxy box of the patch's object (zeros on background)
-TARGETS: tuple[str, ...] = (*ATTRIBUTES, BOX)  # what a build may train (its `targets`)
+KEEP = "keep"  # the starting tower's own features (a frozen copy): what an `init` build knew stays readable
+LABELS: tuple[str, ...] = (*ATTRIBUTES, BOX)  # the per-patch labels a scene gives
+TARGETS: tuple[str, ...] = (*LABELS, KEEP)  # what a build may train (its `targets`)
 SPLIT = "tower"  # the scenes of the tower build: a split of their own, never "train" / "val" / "eval"
 
 
@@ -71,7 +74,7 @@ def patch_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
 def scene_batch(shapes: ShapesConfig, transform: ImageTransform, patch: int, seed: int, rank: int, start: int,
                 size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scenes start..start+size-1 of this rank -> (pixels [B, 3, S, S], {attribute: [B, G * G], "box": [B, G * G, 4]})."""
-    pixels, labels = [], {name: [] for name in TARGETS}
+    pixels, labels = [], {name: [] for name in LABELS}
     for index in range(start, start + size):
         scene = sample_scene(sample_rngs(seed, SPLIT, f"rank{rank}", index)[0], shapes)
         pixels.append(transform(Image.open(io.BytesIO(render_png(scene))).convert("RGB")))
@@ -81,14 +84,24 @@ def scene_batch(shapes: ShapesConfig, transform: ImageTransform, patch: int, see
 
 
 class DenseTower(nn.Module):
-    """A vision tower with one linear head per attribute and a box head on its selected layer's patch features."""
+    """A vision tower with one linear head per attribute and a box head on its selected layer's patch features;
+    with ``keep``, a frozen copy of the starting tower whose features the trained one must still match."""
 
-    def __init__(self, tower: nn.Module, targets: tuple[str, ...] = TARGETS) -> None:
+    def __init__(self, tower: nn.Module, targets: tuple[str, ...] = LABELS) -> None:
         super().__init__()
         self.tower = tower
         self.heads = nn.ModuleDict({name: nn.Linear(tower.hidden_size, len(values) + 1)
                                     for name, values in ATTRIBUTES.items() if name in targets})
         self.box = nn.Linear(tower.hidden_size, 4) if BOX in targets else None
+        self.teacher = copy.deepcopy(tower).requires_grad_(False).eval() if KEEP in targets else None
+
+    def keep_loss(self, pixel_values: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance of feats [B, N, Dv] to the frozen starting tower's, over its per-dimension
+        variance: 1.0 = as far as features that ignore the image."""
+        with torch.no_grad():
+            target = self.teacher(pixel_values).float()  # [B, N, Dv]
+        var = target.flatten(0, 1).var(0).clamp_min(1e-6)  # [Dv]
+        return ((feats.float() - target) ** 2 / var).mean()
 
     def forward(self, pixel_values: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Cross-entropy summed over attributes (mean over patches) + the box L1 (sum over the 4 coordinates, mean
@@ -99,9 +112,13 @@ class DenseTower(nn.Module):
             logits = head(feats)  # [B, N, 1 + values]
             loss = loss + nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[name].flatten())
             metrics[f"patch_acc/{name}"] = (logits.argmax(-1) == labels[name]).float().mean().detach()
-        on_object = labels["shape"] > 0  # [B, N]
+        if self.teacher is not None:
+            keep = self.keep_loss(pixel_values.to(self.tower.model.dtype), feats)
+            loss = loss + keep
+            metrics["keep_mse"] = keep.detach()
         if self.box is None:
             return loss, metrics
+        on_object = labels["shape"] > 0  # [B, N]
         error = (self.box(feats).float() - labels[BOX]).abs()[on_object]  # [P, 4] over the object patches
         if error.numel():
             loss = loss + error.sum(-1).mean()

@@ -110,3 +110,32 @@ def test_a_second_phase_goes_on_from_a_tower_build_and_refuses_a_folder_without_
     build_vision_tower(replace(tiny_cfg.model.vision, path=None)).model.save_pretrained(tmp_path / "base")
     cfg = build_config(VisionFoundationConfig(objective="dense", init=str(tmp_path / "base")))
     assert cfg.model.vision.path == str(tmp_path / "base")
+
+
+def test_keep_anchors_the_tower_to_a_frozen_copy_of_where_it_started(tiny_cfg):
+    """`keep`: zero while the tower equals its starting copy, positive once it moves; the copy never trains."""
+    torch.manual_seed(0)
+    vision = replace(tiny_cfg.model.vision, path=None)
+    model = DenseTower(build_vision_tower(vision), targets=("shape", "keep"))
+    pixels, labels = scene_batch(ShapesConfig(), ImageTransform.from_vision_config(vision), vision.patch_size,
+                                 seed=0, rank=0, start=0, size=4)
+    _, metrics = model(pixels, labels)
+    assert set(metrics) == {"patch_acc/shape", "keep_mse"} and metrics["keep_mse"].item() == pytest.approx(0, abs=1e-6)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = [p.clone() for p in model.teacher.parameters()]
+    for _ in range(3):
+        loss, metrics = model(pixels, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["keep_mse"].item() > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters(), strict=True))
+
+
+def test_keep_needs_a_dense_build_that_starts_from_a_tower():
+    from deco_core.config import ConfigError
+    from pipelines.foundation_vision import VisionFoundationConfig, build_config
+
+    with pytest.raises(ConfigError, match="target 'keep'.*objective: dense and an `init`"):
+        build_config(VisionFoundationConfig(objective="dense", targets=["shape", "keep"]))

@@ -284,3 +284,22 @@ def test_rec_reports_attribute_and_position_only_expressions_apart() -> None:
     assert scores["acc_at_0.5_position"] == 1.0 and scores["n_position"] == 1
     plain = get_task("refcoco").score([{"prediction": r["prediction"], "references": {"bbox": box}} for r in rows])
     assert "acc_at_0.5_attribute" not in plain
+
+
+def test_shapes_vqa_and_mc_report_each_question_kind_apart() -> None:
+    """A model that answers one shape to every shape question scores that kind at its share, visible beside the
+    overall accuracy; public benchmarks with question types of their own (VQAv2) get no per-kind split."""
+    def row(pred: str, answer: str, kind: str) -> dict:
+        return {"prediction": pred, "references": {"answers": [answer] * 10, "question_type": kind}}
+
+    rows = [row("circle", "circle", "shape"), row("circle", "square", "shape"), row("circle", "triangle", "shape"),
+            row("red", "red", "colour"), row("blue", "blue", "colour")]
+    scores = get_task("shapes-vqa").score(rows)
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    assert scores["accuracy_shape"] == pytest.approx(1 / 3) and scores["n_shape"] == 3
+    assert scores["accuracy_colour"] == 1.0 and scores["n_colour"] == 2
+    mc = get_task("shapes-mc").score([{"prediction": "A", "references": {"answers": ["B"], "question_type": "which",
+                                                                        "choices": {"A": "red", "B": "blue"}}}])
+    assert mc["accuracy_which"] == 0.0 and mc["n_which"] == 1
+    public = get_task("vqav2").score([row("circle", "circle", "what shape")])
+    assert not any(k.startswith("accuracy_") for k in public)

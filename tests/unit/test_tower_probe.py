@@ -64,14 +64,17 @@ def test_readouts_recover_what_the_features_carry_and_not_more():
     side = torch.where(torch.rand(n, generator=g) < 0.5, 0.15, 0.3)
     box = torch.stack([xy[:, 0], xy[:, 1], xy[:, 0] + side, xy[:, 1] + side], dim=1)  # [n, 4]
     shape = torch.randint(0, 3, (n,), generator=g)
-    informative = _rows(box, torch.nn.functional.one_hot(shape, 3).float() + 0.01 * torch.randn(n, 3, generator=g),
-                        box, shape)
+    onehot = torch.nn.functional.one_hot(shape, 3).float()  # [n, 3]
+    informative = _rows(box, onehot + 0.01 * torch.randn(n, 3, generator=g), box, shape)
     good = tp.readouts(informative, steps=400)
     assert good["box_acc_small"] > 0.8 and good["box_acc_large"] > 0.8
     assert good["shape_accuracy"] > 0.95 and good["n_test"] == 60
+    assert good["shape_token_accuracy"] < 0.6  # the token holds the box only: shape is in the patches
     noise = _rows(torch.randn(n, 4, generator=g), torch.randn(n, 3, generator=g), box, shape)
     bad = tp.readouts(noise, steps=400)
-    assert bad["box_acc_small"] < 0.3 and bad["shape_accuracy"] < 0.6
+    assert bad["box_acc_small"] < 0.3 and bad["shape_accuracy"] < 0.6 and bad["shape_token_accuracy"] < 0.6
+    token_shape = _rows(torch.cat([box, onehot], dim=1), torch.randn(n, 3, generator=g), box, shape)
+    assert tp.readouts(token_shape, steps=400)["shape_token_accuracy"] > 0.95
 
 
 def test_readouts_refuse_too_few_objects():
