@@ -247,9 +247,9 @@ class Task:
         the model never learned (e.g. one shape answered to every shape question)."""
         by_kind: dict[str, list[float]] = defaultdict(list)
         for r in rows:
-            kind = _refs(r).get("question_type")
-            if kind:
-                by_kind[str(kind)].append(self.score_one(str(r["prediction"]), _refs(r)))
+            refs = _refs(r)  # parsed once per row
+            if refs.get("question_type"):
+                by_kind[str(refs["question_type"])].append(self.score_one(str(r["prediction"]), refs))
         out: dict[str, float] = {}
         for kind, scores in sorted(by_kind.items()):
             out[f"accuracy_{kind}"], out[f"n_{kind}"] = _mean(scores), float(len(scores))

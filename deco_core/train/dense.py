@@ -95,6 +95,13 @@ class DenseTower(nn.Module):
         self.box = nn.Linear(tower.hidden_size, 4) if BOX in targets else None
         self.teacher = copy.deepcopy(tower).requires_grad_(False).eval() if KEEP in targets else None
 
+    def train(self, mode: bool = True) -> DenseTower:
+        """Train mode for the tower and heads; the frozen starting copy stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
     def keep_loss(self, pixel_values: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Mean squared distance of feats [B, N, Dv] to the frozen starting tower's, over its per-dimension
         variance: 1.0 = as far as features that ignore the image."""
