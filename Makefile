@@ -49,8 +49,9 @@ foundation: $(STAMP)  ## rebuild the tiny foundation LLM, both phases (artifacts
 foundation-choice: $(STAMP)  ## phase 2 alone: letter choices on top of artifacts/foundation/tiny/llm-base
 	$(PY) -m pipelines.foundation --config conf/foundation/tiny_choice.yaml
 
-foundation-vision: $(STAMP)  ## rebuild the tiny foundation vision tower (artifacts/foundation/tiny/vision; needs the LLM)
+foundation-vision: $(STAMP)  ## rebuild both tiny vision towers (artifacts/foundation/tiny/{vision,vision-dense}; needs the LLM)
 	$(PY) -m pipelines.foundation_vision --config conf/foundation/vision_tiny.yaml
+	$(PY) -m pipelines.foundation_vision --config conf/foundation/vision_tiny_dense.yaml
 
 bench: $(STAMP)
 	$(PY) -m pipelines.experiments.bench
