@@ -46,7 +46,7 @@ def test_cli_relevance_writes_png_and_json(saved_model, tmp_path) -> None:
     png, data = tmp_path / "relevance.png", json.loads((tmp_path / "relevance.json").read_text())
     assert Image.open(png).format == "PNG"
     assert data["words"] == ["large", "red"] and len(data["t2p"]) == 2 and len(data["t2p"][0]) == 144
-    assert len(data["t2q"][0]) == 16 and data["q2p_method"] == "pool-matrix"
+    assert len(data["t2q"][0]) == 36 and data["q2p_method"] == "pool-matrix"  # the tiny default: M = 36
     assert set(data["scores"]["per_word"]) == {"large", "red"}
 
 

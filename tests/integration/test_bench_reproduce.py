@@ -74,7 +74,7 @@ def test_flop_model_scales_with_visual_tokens(shapes_tokenizer):
 
     flops = {}
     for name in ("deco", "mlp"):
-        cfg = compose("pipeline/tiny", [f"model.projector={name}"])
+        cfg = compose("pipeline/tiny", [f"model.projector={name}", "model.projector.num_tokens=16"])  # M = 16
         model = DecoModel.from_config(cfg.model, shapes_tokenizer)
         t = 20 + model.num_image_tokens
         batch = {"input_ids": torch.zeros(2, t, dtype=torch.long), "image_mask": torch.tensor([True, True])}

@@ -44,7 +44,7 @@ def test_batches_equal_conversation_preprocessing(ray_local, tmp_path, shapes_to
         length = int(row["attention_mask"].sum())
         assert row["input_ids"][:length].tolist() == ex.input_ids
         assert row["labels"][:length].tolist() == ex.labels
-        assert (row["input_ids"] == spec.image_token_id).sum() == spec.num_image_tokens == 16
+        assert (row["input_ids"] == spec.image_token_id).sum() == spec.num_image_tokens == 36  # the tiny default M
 
 
 def _corrupt(samples: list[dict]) -> dict[str, int]:

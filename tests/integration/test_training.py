@@ -79,7 +79,7 @@ def test_zero3_pretrain_learns(ray_local, tiny_corpus, tmp_path):
                     run_name="z3-pretrain", storage_path=str(tmp_path / "ray"))
     losses = _loss_history(cfg, res.run_id)
     assert losses[-1] < losses[0] - 0.5
-    assert DecoModel.from_pretrained(out).num_image_tokens == 16
+    assert DecoModel.from_pretrained(out).num_image_tokens == cfg.model.projector.num_tokens == 36
 
 
 def test_worker_fault_restarts_from_checkpoint_in_one_mlflow_run(ray_local, tiny_corpus, tmp_path, monkeypatch):

@@ -40,13 +40,13 @@ def test_model_help_lists_summary(runner):
 
 
 def test_model_summary_default(runner, fast_tokenizer):
-    """`deco model summary` (tiny config) prints the three modules and 16 visual tokens."""
+    """`deco model summary` (tiny config) prints the three modules and the default's M visual tokens (36)."""
     result = runner.invoke(app, ["model", "summary"])
     assert result.exit_code == 0, result.output
     out = _flat(result.output)
     for module in ("vision", "projector", "llm"):
         assert module in out
-    assert "visual tokens: 16" in out
+    assert "visual tokens: 36" in out
     assert "patches: 144" in out
 
 

@@ -65,14 +65,22 @@ def test_pipeline_files_compose(path):
 
 @pytest.mark.parametrize("path", _group_files(), ids=_rel)
 def test_group_file_swaps_into_tiny(path):
-    """Each group file, swapped into pipeline/tiny by a `key=group/name` override, validates and lands unchanged."""
+    """Each group file, swapped into pipeline/tiny by a `key=group/name` override, validates and lands unchanged,
+    except for the keys pipeline/tiny.yaml sets in its own body: those win over any group's defaults (36 tokens)."""
     group = path.parent.name
     values = yaml.safe_load(path.read_text()) or {}
     key = GROUP_KEYS[group] or values.get("stage", "pretrain")
     cfg = compose("pipeline/tiny", [f"{key}={_rel(path)}"])
     composed = _lookup(to_dict(cfg), key)
+    body: Any = yaml.safe_load((CONF_DIR / "pipeline" / "tiny.yaml").read_text())
+    for part in key.split("."):
+        body = body.get(part) or {} if isinstance(body, dict) else {}
+    body = _leaves(body)
     for leaf, value in _leaves(values).items():
         got = _lookup(composed, leaf)
+        if leaf in body:
+            assert got == body[leaf], f"{_rel(path)}: {key}.{leaf} is pipeline/tiny's own {body[leaf]!r}"
+            continue
         if leaf.endswith("path") and isinstance(value, str) and not value.startswith("/"):
             # a relative model path that exists in the project resolves to it, absolute (resolve_model_paths)
             assert got == value or got == str((CONF_DIR.parent / value).resolve()), f"{_rel(path)}: {key}.{leaf}"
@@ -206,7 +214,7 @@ def test_redact_secrets_keeps_token_counts(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefgh")
     cfg = to_dict(compose("pipeline/tiny"))
     out = redact_secrets({**cfg, "hub": {"api_token": "hf_abcdefgh"}, "mode": "disabled"})
-    assert out["model"]["projector"]["num_tokens"] == 16
+    assert out["model"]["projector"]["num_tokens"] == cfg["model"]["projector"]["num_tokens"] == 36
     assert out["eval"]["max_new_tokens"] == cfg["eval"]["max_new_tokens"]
     assert out["mode"] == "disabled"
     assert out["hub"]["api_token"] == "***"

@@ -69,9 +69,10 @@ def test_the_committed_tower_is_what_the_tiny_pipeline_loads_and_it_stays_frozen
     from deco_core.model.deco import DecoModel
 
     path = Path(tiny_cfg.model.vision.path)
-    assert path.is_absolute() and path == REPO / "artifacts" / "foundation" / "tiny" / "vision"
-    manifest = json.loads((path / FOUNDATION_MANIFEST).read_text())
-    assert manifest["projector"]["name"] == "mlp" and manifest["train"]["train_vision"]
+    assert path.is_absolute() and path == REPO / "artifacts" / "foundation" / "tiny" / "vision-dense"
+    manifest = json.loads((path / FOUNDATION_MANIFEST).read_text())  # built by conf/foundation/vision_tiny_dense.yaml
+    assert manifest["build"]["objective"] == "dense" and manifest["train"]["train_vision"]
+    assert manifest["projector"] is None and set(manifest["patch_accuracy"]) == {"shape", "colour", "size"}
     model = DecoModel.from_config(tiny_cfg.model)
     saved = load_file(str(path / "model.safetensors"))
     loaded = model.vision.model.state_dict()

@@ -36,9 +36,10 @@ def _pixels(model: DecoModel, n: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def deco_model(tiny_cfg, shapes_tokenizer) -> DecoModel:
-    """The tiny DeCo model (deco projector, M=16 from 144 patches), random init, eval mode."""
-    return DecoModel.from_config(tiny_cfg.model, shapes_tokenizer).eval()
+def deco_model(shapes_tokenizer) -> DecoModel:
+    """The tiny DeCo model pinned to M=16 from 144 patches (whatever the default's M), random init, eval mode."""
+    cfg = compose("pipeline/tiny", ["model.projector.num_tokens=16"])
+    return DecoModel.from_config(cfg.model, shapes_tokenizer).eval()
 
 
 @pytest.fixture()

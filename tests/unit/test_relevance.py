@@ -152,7 +152,9 @@ def image() -> Image.Image:
 
 def tiny_model(tokenizer, projector: str = "deco") -> DecoModel:
     """An untrained tiny DecoModel (pipeline/tiny config) with the given projector."""
-    return DecoModel.from_config(compose("pipeline/tiny", [f"model.projector={projector}"]).model, tokenizer)
+    # M = 16 pinned (a 4x4 query grid over the 12x12 patches), whatever the tiny default's token count
+    overrides = [f"model.projector={projector}", "model.projector.num_tokens=16"]
+    return DecoModel.from_config(compose("pipeline/tiny", overrides).model, tokenizer)
 
 
 @pytest.fixture(scope="module")
