@@ -16,9 +16,9 @@ projector afterwards, as the paper does with CLIP:
 ``conf/model/tiny.yaml`` loads ``<out>/vision`` through ``model.vision.path``, the path a real CLIP checkpoint takes.
 
 ``objective: dense`` replaces step 1 by a Ray Train + DeepSpeed job on per-patch labels (``targets``: shape, colour,
-size, position, box, and ``keep``: stay close to the ``init`` tower's features; ``deco_core.train.dense``);
-``init`` goes on training an earlier tower build (its manifest under
-``parent``) and ``name`` picks the export folder (``conf/foundation/vision_tiny_dense.yaml`` -> ``<out>/vision-dense``).
+size, position, box, and ``keep``: stay close to the ``init`` tower's features; ``deco_core.train.dense``); ``init``
+goes on training an earlier tower build (its manifest under ``parent``) and ``name`` picks the export folder
+(``conf/foundation/vision_tiny_dense.yaml`` -> ``<out>/vision-dense``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ composed config unchanged; bad overrides raise ConfigError naming the key, the v
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,19 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _lookup(data: dict[str, Any], dotted: str) -> Any:
+def _lookup(data: dict[str, Any], dotted: str, default: Any = KeyError) -> Any:
+    """data["a"]["b"] for "a.b"; `default` where a part is missing (KeyError: raise)."""
     for part in dotted.split("."):
+        if default is not KeyError and (not isinstance(data, dict) or part not in data):
+            return default
         data = data[part]
     return data
+
+
+@functools.cache
+def _tiny_body() -> dict[str, Any]:
+    """conf/pipeline/tiny.yaml as written (its own body, before composition), read once."""
+    return yaml.safe_load((CONF_DIR / "pipeline" / "tiny.yaml").read_text())
 
 
 # ------------------------------------------------------------------------------------------- every YAML
@@ -72,10 +82,7 @@ def test_group_file_swaps_into_tiny(path):
     key = GROUP_KEYS[group] or values.get("stage", "pretrain")
     cfg = compose("pipeline/tiny", [f"{key}={_rel(path)}"])
     composed = _lookup(to_dict(cfg), key)
-    body: Any = yaml.safe_load((CONF_DIR / "pipeline" / "tiny.yaml").read_text())
-    for part in key.split("."):
-        body = body.get(part) or {} if isinstance(body, dict) else {}
-    body = _leaves(body)
+    body = _leaves(_lookup(_tiny_body(), key, default={}))  # what pipeline/tiny.yaml sets itself under `key`
     for leaf, value in _leaves(values).items():
         got = _lookup(composed, leaf)
         if leaf in body:
