@@ -26,6 +26,7 @@ from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_
 from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, log_batch, resolve_tracking_uri
 from deco_core.train.ahead import DataAhead, TrainingData
+from deco_core.train.data_cache import Preprocessed, count_delta, data_key, holding, keep, lookup
 from deco_core.train.deepspeed import build_ds_config
 from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
 from deco_core.train.faults import fault_hook_from_env
@@ -142,7 +143,9 @@ def run_stage(cfg: Config, stage: str, *, sources: list[tuple[str, float]], outp
     ahead = total_steps = None
     if exact:
         # preprocessed on a driver thread while fit() starts the workers; they collect it from the stage monitor
-        ahead = DataAhead(board, lambda: _materialize(train_ds, board, cfg, t, clock))
+        key = data_key(sources, spec, storage, {"samples": t.samples_per_epoch, "workers": t.num_workers,
+                                                "batch": cfg.data.preprocess_batch_size}) if holding() else None
+        ahead = DataAhead(board, lambda: _materialize(train_ds, board, cfg, t, clock, key))
     else:
         total_steps = plan_steps(t, n_train)
         log.warning("stage %s streams its data (data.preprocess_ahead=false): a resumed stage re-reads its epoch "
@@ -231,16 +234,28 @@ def _run_in_session(session: TrainingSession, loop_config: LoopConfig, board, ah
     return metrics, session.checkpoint_path(loop_config.run_name, int(metrics.get("step", 0)))
 
 
-def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock) -> TrainingData:
+def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock,
+                 key: str | None = None) -> TrainingData:
     """Preprocess every sample once (in manifest order), check the bad-sample budget, split one fixed shard per
-    worker and plan the steps (runs on the ``DataAhead`` thread)."""
+    worker and plan the steps (runs on the ``DataAhead`` thread). With a ``key`` kept by an earlier stage inside
+    ``hold_preprocessed()`` (``data_cache``), that stage's shards serve and its sample counts are replayed."""
     import ray
 
-    train_ds.context.execution_options.preserve_order = True
-    materialized = train_ds.materialize()  # the epochs re-read these blocks
-    check_quality(ray.get(board.snapshot.remote()), cfg.data.max_bad_fraction)  # all of it is counted now
-    shards = split_for_workers(materialized, t.num_workers)
-    rows = sum(s.count() for s in shards)
+    kept = lookup(key)
+    if kept is not None:
+        board.add.remote(kept.counts)
+        check_quality(ray.get(board.snapshot.remote()), cfg.data.max_bad_fraction)
+        shards, rows = kept.shards, kept.rows
+        log.info("stage %s: reusing the preprocessed data of an earlier stage (%d rows, key %s)", t.stage, rows, key)
+    else:
+        before = ray.get(board.snapshot.remote())
+        train_ds.context.execution_options.preserve_order = True
+        materialized = train_ds.materialize()  # the epochs re-read these blocks
+        counts = ray.get(board.snapshot.remote())
+        check_quality(counts, cfg.data.max_bad_fraction)  # all of it is counted now
+        shards = split_for_workers(materialized, t.num_workers)
+        rows = sum(s.count() for s in shards)
+        keep(key, Preprocessed(shards, rows, count_delta(counts, before)))
     clock.mark("preprocessed")
     total_steps = plan_steps(t, rows)
     _log_plan(t.stage, t, rows, total_steps)

@@ -182,6 +182,7 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
     import ray
 
     from deco_core.model.tokenizer import load_tokenizer
+    from deco_core.train.data_cache import hold_preprocessed
     from deco_core.train.session import hold_sessions
     from pipelines.experiments.reproduce.report import summarise, write_outputs
     from pipelines.ops.runtime import ensure_ray
@@ -200,7 +201,9 @@ def run_reproduce(config: str | Path, out: Path) -> dict[str, Any]:
         tokenizer = load_tokenizer(base.model.tokenizer, base.model.trust_remote_code, base.model.seed)
         cells = grid(rc)
         grid_started = time.time()
-        with hold_sessions():  # every run trains on the worker group the first one starts
+        # every run trains on the worker group the first one starts, and the runs at one M share their
+        # preprocessed pretrain / finetune rows (same shards, tokenizer, image tokens and max length)
+        with hold_sessions(), hold_preprocessed():
             for i, spec in enumerate(cells, 1):
                 try:
                     runs.append(run_one(rc, spec, shared, out, tracking_uri, tokenizer))
