@@ -46,7 +46,7 @@ def test_a_matching_stage_reuses_the_shards_and_replays_the_counts(ray_local, ti
     assert lookup("k1") is None  # dropped when the block ends
 
 
-def test_nothing_is_kept_outside_the_block_and_the_oldest_entry_goes_first(ray_local):
+def test_nothing_is_kept_outside_the_block_and_the_oldest_entry_goes_first():
     entry = Preprocessed([], 0, {})
     keep("outside", entry)
     assert lookup("outside") is None and not data_cache.holding()
