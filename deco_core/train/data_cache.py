@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,9 +113,4 @@ def keep(key: str | None, entry: Preprocessed) -> None:
         log.debug("preprocessed data %s evicted", dropped)
 
 
-def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    """What a pass added to a stage monitor's counts."""
-    return dict(Counter(after) - Counter(before))
-
-
-__all__ = ["Preprocessed", "count_delta", "data_key", "hold_preprocessed", "holding", "keep", "lookup"]
+__all__ = ["Preprocessed", "data_key", "hold_preprocessed", "holding", "keep", "lookup"]

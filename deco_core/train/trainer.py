@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from deco_core.model.tokenizer import IMAGE_TOKEN, ensure_special_tokens, image_
 from deco_core.model.tokenizer_view import tokenizer_view
 from deco_core.tracking import get_or_create_run, log_batch, resolve_tracking_uri
 from deco_core.train.ahead import DataAhead, TrainingData
-from deco_core.train.data_cache import Preprocessed, count_delta, data_key, holding, keep, lookup
+from deco_core.train.data_cache import Preprocessed, data_key, holding, keep, lookup
 from deco_core.train.deepspeed import build_ds_config
 from deco_core.train.fatal import clear_fatal, fatal_uri, raise_recorded
 from deco_core.train.faults import fault_hook_from_env
@@ -255,7 +256,7 @@ def _materialize(train_ds, board, cfg: Config, t: TrainConfig, clock: PhaseClock
         check_quality(counts, cfg.data.max_bad_fraction)  # all of it is counted now
         shards = split_for_workers(materialized, t.num_workers)
         rows = sum(s.count() for s in shards)
-        keep(key, Preprocessed(shards, rows, count_delta(counts, before)))
+        keep(key, Preprocessed(shards, rows, dict(Counter(counts) - Counter(before))))  # this pass's counts
     clock.mark("preprocessed")
     total_steps = plan_steps(t, rows)
     _log_plan(t.stage, t, rows, total_steps)
